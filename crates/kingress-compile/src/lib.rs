@@ -1,0 +1,98 @@
+//! `compile()`: a snapshot of Kubernetes objects in, an immutable routing configuration
+//! and a list of diagnostics out.
+//!
+//! All Ingress semantics live here: class selection, host and path precedence, merging
+//! of several Ingresses on one host, backend resolution through Services to
+//! EndpointSlices. The functions are pure: no I/O, no clock, no async runtime. A bad
+//! object never fails the table; it becomes a [`Diagnostic`] and everything else serves.
+//!
+//! It is not: a watcher (see `kingress-sources`), nor a data plane (see `kingress-proxy`).
+//!
+//! # Layout
+//! - [`class`]: which Ingresses are ours (spec.ingressClassName, the legacy annotation,
+//!   the default IngressClass, `--watch-ingress-without-class`).
+//! - [`routes`]: Ingresses and Services into a [`Config`].
+//! - [`endpoints`]: Services and EndpointSlices into an [`EndpointTable`]; kept apart so
+//!   endpoint churn is compiled (and published) without touching the routes.
+
+pub mod class;
+pub mod endpoints;
+pub mod routes;
+mod validate;
+
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use kingress_model::{Config, Diagnostic, EndpointTable, ObjectRef};
+
+pub use class::ClassOptions;
+pub use endpoints::compile_endpoints;
+pub use routes::compile_routes;
+
+/// The Kubernetes objects kingress reads, as the sources decoded them. Order does not
+/// matter: compile sorts what it needs to be deterministic.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub ingress_classes: Vec<IngressClass>,
+    pub ingresses: Vec<Ingress>,
+    pub services: Vec<Service>,
+    pub endpoint_slices: Vec<EndpointSlice>,
+    /// Only `kubernetes.io/tls` Secrets matter; TLS termination reads them.
+    pub secrets: Vec<Secret>,
+}
+
+/// The controller settings compile needs.
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    pub class: ClassOptions,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        Self {
+            class: ClassOptions::default(),
+        }
+    }
+}
+
+/// What [`compile`] produces.
+#[derive(Clone, Debug, Default)]
+pub struct Compiled {
+    pub config: Config,
+    pub endpoints: EndpointTable,
+    /// Sorted, without duplicates.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Compiles a whole snapshot: routes and endpoints.
+pub fn compile(snapshot: &Snapshot, options: &CompileOptions) -> Compiled {
+    let (config, mut diagnostics) = compile_routes(snapshot, options);
+    let (endpoints, endpoint_diagnostics) = compile_endpoints(snapshot);
+    diagnostics.extend(endpoint_diagnostics);
+    diagnostics.sort();
+    diagnostics.dedup();
+    Compiled {
+        config,
+        endpoints,
+        diagnostics,
+    }
+}
+
+/// `Kind namespace/name` of an object's metadata; a missing name reads `<unnamed>`.
+pub(crate) fn object_ref(kind: &str, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectRef {
+    ObjectRef::new(
+        kind,
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_else(|| "<unnamed>".to_string()),
+    )
+}
+
+/// The namespace objects without one live in, as `kubectl apply` would place them.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+pub(crate) fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
+    meta.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(DEFAULT_NAMESPACE)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,404 @@
+//! Table-driven tests of compile(): objects in, routes, endpoints and diagnostics out.
+//! Several cases are the Kubernetes Ingress documentation's own examples.
+
+use serde_json::{Value, json};
+
+use super::*;
+use kingress_model::BackendId;
+
+fn ingress_with(name: &str, extra_meta: Value, spec: Value) -> Ingress {
+    let mut meta = json!({"name": name, "namespace": "default"});
+    if let (Some(m), Some(extra)) = (meta.as_object_mut(), extra_meta.as_object()) {
+        for (k, v) in extra {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": meta, "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn ingress(name: &str, spec: Value) -> Ingress {
+    let mut spec = spec;
+    if let Some(s) = spec.as_object_mut() {
+        s.entry("ingressClassName").or_insert(json!("kingress"));
+    }
+    ingress_with(name, json!({}), spec)
+}
+
+fn service(name: &str, ports: Value) -> Service {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"ports": ports},
+    }))
+    .unwrap()
+}
+
+fn slice(name: &str, service: &str, ports: Value, endpoints: Value) -> EndpointSlice {
+    serde_json::from_value(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": "default", "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4", "ports": ports, "endpoints": endpoints,
+    }))
+    .unwrap()
+}
+
+/// A Service `name` with one port 80 (named "http") backed by `ip:8080`.
+fn svc_with_endpoint(name: &str, ip: &str) -> (Service, EndpointSlice) {
+    (
+        service(name, json!([{"name": "http", "port": 80, "targetPort": 8080}])),
+        slice(
+            &format!("{name}-abc"),
+            name,
+            json!([{"name": "http", "port": 8080}]),
+            json!([{"addresses": [ip]}]),
+        ),
+    )
+}
+
+fn path(p: &str, ty: &str, svc: &str) -> Value {
+    json!({"path": p, "pathType": ty, "backend": {"service": {"name": svc, "port": {"number": 80}}}})
+}
+
+fn snapshot(ingresses: Vec<Ingress>, services: &[&str]) -> Snapshot {
+    let mut s = Snapshot {
+        ingresses,
+        ..Default::default()
+    };
+    for (i, name) in services.iter().enumerate() {
+        let (svc, sl) = svc_with_endpoint(name, &format!("10.0.0.{}", i + 1));
+        s.services.push(svc);
+        s.endpoint_slices.push(sl);
+    }
+    s
+}
+
+fn route(c: &Compiled, host: &str, p: &str) -> Option<String> {
+    let host = if host.is_empty() { None } else { Some(host) };
+    c.config.lookup(host, p).map(|r| r.backend.to_string())
+}
+
+fn diag_texts(c: &Compiled) -> Vec<String> {
+    c.diagnostics.iter().map(|d| d.to_string()).collect()
+}
+
+fn run(s: &Snapshot) -> Compiled {
+    compile(s, &CompileOptions::default())
+}
+
+#[test]
+fn simple_fanout_example() {
+    let ing = ingress(
+        "simple-fanout-example",
+        json!({"rules": [{"host": "foo.bar.com", "http": {"paths": [
+            path("/foo", "Prefix", "service1"), path("/bar", "Prefix", "service2")]}}]}),
+    );
+    let c = run(&snapshot(vec![ing], &["service1", "service2"]));
+    assert_eq!(route(&c, "foo.bar.com", "/foo/x").as_deref(), Some("default/service1:80"));
+    assert_eq!(route(&c, "foo.bar.com", "/bar").as_deref(), Some("default/service2:80"));
+    assert_eq!(route(&c, "foo.bar.com", "/baz"), None);
+    assert_eq!(route(&c, "other.com", "/foo"), None);
+    assert!(c.diagnostics.is_empty(), "{:?}", diag_texts(&c));
+    let eps = c.endpoints.get(&BackendId::new("default", "service1", "80")).unwrap();
+    assert_eq!(eps.addrs, vec!["10.0.0.1:8080".parse().unwrap()]);
+}
+
+#[test]
+fn name_based_virtual_hosting_example_with_catch_all_rule() {
+    let ing = ingress(
+        "name-virtual-host-ingress-no-third-host",
+        json!({"rules": [
+            {"host": "first.bar.com", "http": {"paths": [path("/", "Prefix", "service1")]}},
+            {"host": "second.bar.com", "http": {"paths": [path("/", "Prefix", "service2")]}},
+            {"http": {"paths": [path("/", "Prefix", "service3")]}},
+        ]}),
+    );
+    let c = run(&snapshot(vec![ing], &["service1", "service2", "service3"]));
+    assert_eq!(route(&c, "first.bar.com", "/").as_deref(), Some("default/service1:80"));
+    assert_eq!(route(&c, "second.bar.com", "/x").as_deref(), Some("default/service2:80"));
+    assert_eq!(route(&c, "third.bar.com", "/x").as_deref(), Some("default/service3:80"));
+    assert_eq!(route(&c, "", "/x").as_deref(), Some("default/service3:80"));
+}
+
+#[test]
+fn hostname_wildcards_example() {
+    let ing = ingress(
+        "ingress-wildcard-host",
+        json!({"rules": [
+            {"host": "foo.bar.com", "http": {"paths": [path("/bar", "Prefix", "service1")]}},
+            {"host": "*.foo.com", "http": {"paths": [path("/foo", "Prefix", "service2")]}},
+        ]}),
+    );
+    let c = run(&snapshot(vec![ing], &["service1", "service2"]));
+    assert_eq!(route(&c, "foo.bar.com", "/bar").as_deref(), Some("default/service1:80"));
+    assert_eq!(route(&c, "bar.foo.com", "/foo").as_deref(), Some("default/service2:80"));
+    assert_eq!(route(&c, "baz.bar.foo.com", "/foo"), None);
+    assert_eq!(route(&c, "foo.com", "/foo"), None);
+}
+
+#[test]
+fn default_backend_example_and_catch_all() {
+    // An Ingress with only a defaultBackend is the catch-all for every host.
+    let catch_all = ingress(
+        "test-ingress",
+        json!({"defaultBackend": {"service": {"name": "test", "port": {"number": 80}}}}),
+    );
+    // An Ingress's defaultBackend answers the unmatched paths of its own hosts only.
+    let own = ingress(
+        "own",
+        json!({
+            "defaultBackend": {"service": {"name": "owndefault", "port": {"name": "http"}}},
+            "rules": [{"host": "own.com", "http": {"paths": [path("/api", "Prefix", "api")]}}],
+        }),
+    );
+    let c = run(&snapshot(vec![catch_all, own], &["test", "owndefault", "api"]));
+    assert_eq!(route(&c, "anything.com", "/x").as_deref(), Some("default/test:80"));
+    assert_eq!(route(&c, "own.com", "/api/v1").as_deref(), Some("default/api:80"));
+    assert_eq!(route(&c, "own.com", "/other").as_deref(), Some("default/owndefault:80"));
+    assert!(c.diagnostics.is_empty(), "{:?}", diag_texts(&c));
+}
+
+#[test]
+fn merging_and_conflicts_oldest_wins() {
+    let older = ingress_with(
+        "b-older",
+        json!({"creationTimestamp": "2024-01-01T00:00:00Z"}),
+        json!({"ingressClassName": "kingress", "rules": [{"host": "shop.com", "http": {"paths": [
+            path("/", "Prefix", "old"), path("/cart", "Exact", "cart")]}}]}),
+    );
+    let newer = ingress_with(
+        "a-newer",
+        json!({"creationTimestamp": "2025-01-01T00:00:00Z"}),
+        json!({"ingressClassName": "kingress", "rules": [{"host": "shop.com", "http": {"paths": [
+            path("/", "Prefix", "new"), path("/api", "Prefix", "api")]}}]}),
+    );
+    let c = run(&snapshot(vec![newer, older], &["old", "new", "cart", "api"]));
+    // Paths of both merge on the host; the true conflict on "/" goes to the older one.
+    assert_eq!(route(&c, "shop.com", "/").as_deref(), Some("default/old:80"));
+    assert_eq!(route(&c, "shop.com", "/api/x").as_deref(), Some("default/api:80"));
+    assert_eq!(route(&c, "shop.com", "/cart").as_deref(), Some("default/cart:80"));
+    let d = diag_texts(&c);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert!(d[0].starts_with("Ingress default/a-newer: path \"/\" (Prefix) on host \"shop.com\""), "{d:?}");
+    assert!(d[0].contains("Ingress default/b-older"), "{d:?}");
+}
+
+#[test]
+fn without_timestamps_namespace_then_name_decides() {
+    let a = ingress("a", json!({"rules": [{"host": "x.com", "http": {"paths": [path("/", "Prefix", "s1")]}}]}));
+    let b = ingress("b", json!({"rules": [{"host": "x.com", "http": {"paths": [path("/", "Prefix", "s2")]}}]}));
+    let c = run(&snapshot(vec![b, a], &["s1", "s2"]));
+    assert_eq!(route(&c, "x.com", "/").as_deref(), Some("default/s1:80"));
+    assert_eq!(c.diagnostics.len(), 1);
+}
+
+#[test]
+fn precedence_longest_then_exact_before_prefix() {
+    let ing = ingress(
+        "p",
+        json!({"rules": [{"host": "p.com", "http": {"paths": [
+            path("/", "Prefix", "root"),
+            path("/app", "Prefix", "prefix"),
+            path("/app", "Exact", "exact"),
+            path("/app/admin", "ImplementationSpecific", "impl"),
+        ]}}]}),
+    );
+    let c = run(&snapshot(vec![ing], &["root", "prefix", "exact", "impl"]));
+    assert_eq!(route(&c, "p.com", "/app").as_deref(), Some("default/exact:80"));
+    assert_eq!(route(&c, "p.com", "/app/").as_deref(), Some("default/prefix:80"));
+    assert_eq!(route(&c, "p.com", "/app/adminx").as_deref(), Some("default/impl:80"));
+    assert_eq!(route(&c, "p.com", "/apple").as_deref(), Some("default/root:80"));
+}
+
+#[test]
+fn class_selection_filters_ingresses() {
+    let ours = ingress("ours", json!({"rules": [{"host": "a.com", "http": {"paths": [path("/", "Prefix", "s1")]}}]}));
+    let theirs = ingress_with(
+        "theirs",
+        json!({}),
+        json!({"ingressClassName": "nginx", "rules": [{"host": "b.com", "http": {"paths": [path("/", "Prefix", "s1")]}}]}),
+    );
+    let classless = ingress_with(
+        "classless",
+        json!({}),
+        json!({"rules": [{"host": "c.com", "http": {"paths": [path("/", "Prefix", "s1")]}}]}),
+    );
+    let legacy = ingress_with(
+        "legacy",
+        json!({"annotations": {"kubernetes.io/ingress.class": "kingress"}}),
+        json!({"rules": [{"host": "d.com", "http": {"paths": [path("/", "Prefix", "s1")]}}]}),
+    );
+    let s = snapshot(vec![ours, theirs, classless, legacy], &["s1"]);
+    let c = run(&s);
+    assert!(route(&c, "a.com", "/").is_some());
+    assert!(route(&c, "b.com", "/").is_none());
+    assert!(route(&c, "c.com", "/").is_none());
+    assert!(route(&c, "d.com", "/").is_some());
+    let opts = CompileOptions {
+        class: ClassOptions {
+            watch_ingress_without_class: true,
+            ..ClassOptions::default()
+        },
+    };
+    let c = compile(&s, &opts);
+    assert!(route(&c, "c.com", "/").is_some());
+}
+
+#[test]
+fn missing_service_keeps_the_route_with_a_diagnostic() {
+    let ing = ingress("m", json!({"rules": [{"host": "m.com", "http": {"paths": [path("/", "Prefix", "ghost")]}}]}));
+    let c = run(&snapshot(vec![ing], &[]));
+    assert_eq!(route(&c, "m.com", "/").as_deref(), Some("default/ghost:80"));
+    assert!(c.endpoints.get(&BackendId::new("default", "ghost", "80")).is_none());
+    let d = diag_texts(&c);
+    assert_eq!(d, vec!["Ingress default/m: service \"ghost\" not found; its paths answer 503 until it exists"]);
+}
+
+#[test]
+fn port_by_name_resolves_to_the_service_port_number() {
+    let ing = ingress(
+        "n",
+        json!({"rules": [{"host": "n.com", "http": {"paths": [
+            {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"name": "http"}}}},
+            {"path": "/bad", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"name": "nope"}}}},
+            {"path": "/num", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 81}}}},
+        ]}}]}),
+    );
+    let c = run(&snapshot(vec![ing], &["web"]));
+    assert_eq!(route(&c, "n.com", "/").as_deref(), Some("default/web:80"));
+    let d = diag_texts(&c);
+    assert!(d.iter().any(|x| x.contains("no TCP port named \"nope\"")), "{d:?}");
+    assert!(d.iter().any(|x| x.contains("no TCP port 81")), "{d:?}");
+}
+
+#[test]
+fn invalid_ingress_is_skipped_and_the_rest_serves() {
+    let bad = ingress(
+        "bad",
+        json!({"rules": [{"host": "bad.com", "http": {"paths": [
+            {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "s1", "port": {"number": 70000}}}}]}}]}),
+    );
+    let bad_host = ingress("badhost", json!({"rules": [{"host": "foo.*.com", "http": {"paths": [path("/", "Prefix", "s1")]}}]}));
+    let bad_type = ingress("badtype", json!({"rules": [{"host": "t.com", "http": {"paths": [path("/", "Regex", "s1")]}}]}));
+    let relative = ingress("relative", json!({"rules": [{"host": "r.com", "http": {"paths": [path("foo", "Prefix", "s1")]}}]}));
+    let empty = ingress("empty", json!({}));
+    let good = ingress("good", json!({"rules": [{"host": "good.com", "http": {"paths": [path("/", "Prefix", "s1")]}}]}));
+    let c = run(&snapshot(vec![bad, bad_host, bad_type, relative, empty, good], &["s1"]));
+    assert!(route(&c, "good.com", "/").is_some());
+    assert!(route(&c, "bad.com", "/").is_none());
+    assert!(route(&c, "t.com", "/").is_none());
+    let d = diag_texts(&c);
+    assert_eq!(d.len(), 5, "{d:?}");
+    assert!(d.iter().any(|x| x.starts_with("Ingress default/bad: invalid, skipped:") && x.contains("70000")));
+    assert!(d.iter().any(|x| x.starts_with("Ingress default/badhost: invalid") && x.contains("wildcard")));
+    assert!(d.iter().any(|x| x.starts_with("Ingress default/badtype: invalid") && x.contains("\"Regex\"")));
+    assert!(d.iter().any(|x| x.starts_with("Ingress default/relative: invalid") && x.contains("absolute")));
+    assert!(d.iter().any(|x| x.starts_with("Ingress default/empty: invalid") && x.contains("defaultBackend or rules")));
+}
+
+#[test]
+fn invalid_service_is_skipped_and_its_paths_answer_503() {
+    let ing = ingress("i", json!({"rules": [{"host": "i.com", "http": {"paths": [path("/", "Prefix", "broken")]}}]}));
+    let mut s = snapshot(vec![ing], &[]);
+    s.services.push(service("broken", json!([{"port": 0}])));
+    let c = run(&s);
+    assert_eq!(route(&c, "i.com", "/").as_deref(), Some("default/broken:80"));
+    assert!(c.endpoints.get(&BackendId::new("default", "broken", "80")).is_none());
+    let d = diag_texts(&c);
+    assert!(d.iter().any(|x| x.starts_with("Service default/broken: invalid, skipped:")), "{d:?}");
+    assert!(d.iter().any(|x| x.starts_with("Ingress default/i: service \"broken\" is invalid")), "{d:?}");
+}
+
+#[test]
+fn endpoint_conditions_and_port_names() {
+    let svc = service(
+        "multi",
+        json!([{"name": "http", "port": 80}, {"name": "admin", "port": 9000}, {"name": "dns", "port": 53, "protocol": "UDP"}]),
+    );
+    let sl = slice(
+        "multi-1",
+        "multi",
+        json!([{"name": "http", "port": 8080}, {"name": "admin", "port": 9090}]),
+        json!([
+            {"addresses": ["10.1.0.1"]},
+            {"addresses": ["10.1.0.2"], "conditions": {"ready": true}},
+            {"addresses": ["10.1.0.3"], "conditions": {"ready": false}},
+            {"addresses": ["10.1.0.4"], "conditions": {"ready": true, "terminating": true}},
+        ]),
+    );
+    let sl2 = slice("multi-2", "multi", json!([{"name": "http", "port": 8080}]), json!([{"addresses": ["10.1.0.5"]}]));
+    let other = slice("other-1", "other", json!([{"name": "http", "port": 1}]), json!([{"addresses": ["10.9.9.9"]}]));
+    let s = Snapshot {
+        services: vec![svc],
+        endpoint_slices: vec![sl, sl2, other],
+        ..Default::default()
+    };
+    let (t, d) = compile_endpoints(&s);
+    assert!(d.is_empty(), "{d:?}");
+    let http = t.get(&BackendId::new("default", "multi", "80")).unwrap();
+    let want: Vec<std::net::SocketAddr> = ["10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.5:8080"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    assert_eq!(http.addrs, want);
+    let admin = t.get(&BackendId::new("default", "multi", "9000")).unwrap();
+    assert_eq!(admin.addrs.len(), 2);
+    assert!(t.get(&BackendId::new("default", "multi", "53")).is_none(), "UDP ports are not HTTP backends");
+}
+
+#[test]
+fn bad_endpoint_slice_is_a_diagnostic() {
+    let (svc, _) = svc_with_endpoint("web", "10.0.0.1");
+    let bad = slice("web-bad", "web", json!([{"name": "http", "port": 8080}]), json!([{"addresses": ["not-an-ip"]}]));
+    let s = Snapshot {
+        services: vec![svc],
+        endpoint_slices: vec![bad],
+        ..Default::default()
+    };
+    let (t, d) = compile_endpoints(&s);
+    assert_eq!(t.get(&BackendId::new("default", "web", "80")).map(|e| e.len()), Some(0));
+    assert_eq!(d.len(), 1);
+    assert!(d[0].to_string().starts_with("EndpointSlice default/web-bad: invalid, skipped"));
+}
+
+#[test]
+fn conflicting_default_backends_report_the_newer() {
+    let a = ingress("a", json!({"defaultBackend": {"service": {"name": "s1", "port": {"number": 80}}}}));
+    let b = ingress("b", json!({"defaultBackend": {"service": {"name": "s2", "port": {"number": 80}}}}));
+    let c = run(&snapshot(vec![b, a], &["s1", "s2"]));
+    assert_eq!(route(&c, "x", "/").as_deref(), Some("default/s1:80"));
+    let d = diag_texts(&c);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert!(d[0].starts_with("Ingress default/b: defaultBackend"), "{d:?}");
+}
+
+#[test]
+fn compile_is_deterministic() {
+    let mk = || {
+        let mut v = Vec::new();
+        for i in 0..50 {
+            v.push(ingress(
+                &format!("i{i}"),
+                json!({"rules": [{"host": format!("h{}.com", i % 7), "http": {"paths": [path(&format!("/p{}", i % 5), "Prefix", "s1")]}}]}),
+            ));
+        }
+        v
+    };
+    let mut rev = mk();
+    rev.reverse();
+    let a = run(&snapshot(mk(), &["s1"]));
+    let b = run(&snapshot(rev, &["s1"]));
+    assert_eq!(diag_texts(&a), diag_texts(&b));
+    for h in 0..7 {
+        for p in 0..5 {
+            let host = format!("h{h}.com");
+            let path = format!("/p{p}");
+            let ra = a.config.lookup(Some(&host), &path).map(|r| r.source.ingress.name.clone());
+            let rb = b.config.lookup(Some(&host), &path).map(|r| r.source.ingress.name.clone());
+            assert_eq!(ra, rb);
+        }
+    }
+}

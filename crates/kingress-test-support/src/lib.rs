@@ -1,0 +1,1 @@
+//! kingress-test-support
