@@ -130,10 +130,7 @@ pub async fn serve(
     drop(listener);
     drop(signals);
     graceful_tx.send_replace(());
-    if tokio::time::timeout(GRACE, graceful_tx.closed())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(GRACE, graceful_tx.closed()).await.is_err() {
         tracing::debug!("echo server: grace period over, closing remaining connections");
         force_tx.send_replace(());
         let _ = tokio::time::timeout(FORCE_GRACE, graceful_tx.closed()).await;
@@ -152,9 +149,7 @@ fn spawn_connection(
     let _ = stream.set_nodelay(true);
     tokio::spawn(async move {
         let svc_signals = signals.clone();
-        let svc = service_fn(move |req| {
-            service::handle(Arc::clone(&state), peer, svc_signals.clone(), req)
-        });
+        let svc = service_fn(move |req| service::handle(Arc::clone(&state), peer, svc_signals.clone(), req));
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
         tokio::pin!(conn);
         let result = tokio::select! {

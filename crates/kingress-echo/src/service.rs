@@ -20,8 +20,7 @@ const X_ECHO_DELAY_MS: HeaderName = HeaderName::from_static("x-echo-delay-ms");
 const X_ECHO_SET_HEADER: HeaderName = HeaderName::from_static("x-echo-set-header");
 const X_ECHO_MODE: HeaderName = HeaderName::from_static("x-echo-mode");
 const X_ECHO_RESPONSE_BYTES: HeaderName = HeaderName::from_static("x-echo-response-bytes");
-const X_ECHO_REQUEST_BODY_LENGTH: HeaderName =
-    HeaderName::from_static("x-echo-request-body-length");
+const X_ECHO_REQUEST_BODY_LENGTH: HeaderName = HeaderName::from_static("x-echo-request-body-length");
 
 const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 const APPLICATION_OCTET_STREAM: HeaderValue = HeaderValue::from_static("application/octet-stream");
@@ -55,12 +54,7 @@ pub(crate) struct Controls {
 
 impl Controls {
     fn parse(headers: &HeaderMap) -> Self {
-        let text = |name: &HeaderName| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::trim)
-        };
+        let text = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
         let status = text(&X_ECHO_STATUS)
             .and_then(|s| s.parse::<u16>().ok())
             .filter(|code| (200..=599).contains(code))
@@ -141,12 +135,7 @@ fn lossy(value: &HeaderValue) -> String {
     String::from_utf8_lossy(value.as_bytes()).into_owned()
 }
 
-fn describe(
-    state: &State,
-    parts: &Parts,
-    peer: SocketAddr,
-    body_length: u64,
-) -> Result<Bytes, serde_json::Error> {
+fn describe(state: &State, parts: &Parts, peer: SocketAddr, body_length: u64) -> Result<Bytes, serde_json::Error> {
     let headers = &parts.headers;
     let host = headers
         .get(HOST)
@@ -155,12 +144,7 @@ fn describe(
         .unwrap_or_default();
     let mut object = serde_json::Map::new();
     for name in headers.keys() {
-        let joined = headers
-            .get_all(name)
-            .iter()
-            .map(lossy)
-            .collect::<Vec<_>>()
-            .join(", ");
+        let joined = headers.get_all(name).iter().map(lossy).collect::<Vec<_>>().join(", ");
         object.insert(name.as_str().to_owned(), serde_json::Value::String(joined));
     }
     let echo = Echo {
@@ -212,8 +196,7 @@ pub(crate) async fn handle(
     let mut resp = if ctl.mode_body {
         sleep(delay).await;
         let mut resp = Response::new(body.boxed());
-        resp.headers_mut()
-            .insert(CONTENT_TYPE, APPLICATION_OCTET_STREAM);
+        resp.headers_mut().insert(CONTENT_TYPE, APPLICATION_OCTET_STREAM);
         resp
     } else if let Some(len) = ctl.response_bytes {
         let received = body::count(&mut body).await?;

@@ -1,1 +1,26 @@
-//! kingress-proxy
+//! The data planes: they only read the published tables.
+//!
+//! Today the HTTP plane: a pingora [`ProxyHttp`](pingora_proxy::ProxyHttp) implementation
+//! ([`http::Gateway`]) driven by our own accept loop ([`listener::serve`]) so listeners can
+//! be bound by the caller (port 0 in tests) and shut down with a future. TLS, L4 ports and
+//! metrics plug in beside it.
+//!
+//! # Layout
+//! - [`state`]: [`Tables`], the atomically swapped routing table and endpoint table, and
+//!   the readiness flag.
+//! - [`settings`]: timeouts, limits and retry counts, with ingress-nginx's defaults.
+//! - [`http`]: the request phases: lookup, limits, endpoint pick, the ingress-nginx header
+//!   contract, retries, error pages.
+//! - [`listener`]: accept loop with graceful shutdown.
+//! - [`errors`]: error pages and the mapping of failures to status codes.
+
+pub mod errors;
+pub mod http;
+pub mod listener;
+pub mod settings;
+pub mod state;
+
+pub use http::{Gateway, build_proxy};
+pub use listener::{Listener, serve};
+pub use settings::ProxySettings;
+pub use state::Tables;

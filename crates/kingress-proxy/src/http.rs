@@ -1,0 +1,324 @@
+//! The HTTP request phases (pingora `ProxyHttp`).
+//!
+//! - `request_filter`: load the tables once, look up the route (404 when none), check the
+//!   body limit (413), answer 503 when the backend has no ready endpoint.
+//! - `upstream_peer`: round-robin pick among the endpoints not tried yet by this request.
+//! - `fail_to_connect`: a refused or timed-out connect moves to another endpoint, up to
+//!   `upstream_tries` attempts in all.
+//! - `upstream_request_filter`: the header contract of ingress-nginx (X-Request-ID,
+//!   X-Real-IP, X-Forwarded-*, X-Original-Forwarded-For, no `Proxy`).
+//! - `response_filter`: `Server: kingress` when the backend sent none.
+//! - `fail_to_proxy`: our error page, 504 for upstream timeouts, 502 for other upstream
+//!   failures.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use kingress_balance::{Balanced, Pick};
+use kingress_model::Route;
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::upstreams::peer::{H1UpgradePolicy, HttpPeer, HttpUpstreamRequestPolicy};
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, HttpProxy, ProxyHttp, Session};
+
+use crate::errors::{SERVER, error_page, status_for};
+use crate::settings::ProxySettings;
+use crate::state::Tables;
+
+/// The HTTP gateway: routing, limits, balancing and the header contract.
+pub struct Gateway {
+    tables: Arc<Tables>,
+    settings: ProxySettings,
+}
+
+/// Per-request state, carried across the phases.
+#[derive(Default)]
+pub struct RequestCtx {
+    route: Option<Arc<Route>>,
+    /// The endpoint generation this request started with, kept to its end so retries
+    /// pick from the same set.
+    endpoints: Option<Arc<Balanced>>,
+    /// Endpoints already attempted, in order.
+    tried: Vec<SocketAddr>,
+    request_id: String,
+    body_bytes: u64,
+}
+
+impl Gateway {
+    pub fn new(tables: Arc<Tables>, settings: ProxySettings) -> Self {
+        Self { tables, settings }
+    }
+
+    async fn respond(&self, session: &mut Session, status: u16, keepalive: bool) -> Result<bool> {
+        let (header, body) = error_page(status)?;
+        if !keepalive {
+            session.set_keepalive(None);
+        }
+        let head_only = session.req_header().method == http::Method::HEAD;
+        session.write_response_header(Box::new(header), head_only).await?;
+        if !head_only {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(true)
+    }
+
+    fn endpoint_count(ctx: &RequestCtx) -> usize {
+        match (&ctx.route, &ctx.endpoints) {
+            (Some(route), Some(eps)) => eps.endpoints(&route.backend).map_or(0, |s| s.len()),
+            _ => 0,
+        }
+    }
+}
+
+/// Builds the pingora proxy application around a [`Gateway`].
+pub fn build_proxy(tables: Arc<Tables>, settings: ProxySettings) -> Arc<HttpProxy<Gateway>> {
+    let conf = ServerConf {
+        upstream_keepalive_pool_size: settings.upstream_pool_size,
+        ..ServerConf::default()
+    };
+    let conf = Arc::new(conf);
+    let mut proxy = pingora_proxy::http_proxy(&conf, Gateway::new(tables, settings));
+    let mut options = HttpServerOptions::default();
+    options.h2c = false;
+    proxy.server_options = Some(options);
+    Arc::new(proxy)
+}
+
+fn request_host(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+}
+
+fn server_port(session: &Session) -> Option<u16> {
+    session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port())
+}
+
+fn is_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
+}
+
+/// 32 lowercase hex characters, as nginx's `$request_id`.
+fn new_request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// All values of a header joined with ", " (how nginx exposes `$http_x_forwarded_for`).
+fn joined(req: &RequestHeader, name: &str) -> Option<String> {
+    let mut values = req.headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+    let first = values.next()?;
+    let mut out = first.to_string();
+    for v in values {
+        out.push_str(", ");
+        out.push_str(v);
+    }
+    Some(out)
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        ctx.request_id = req
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+            .unwrap_or_else(new_request_id);
+
+        let config = self.tables.config();
+        let route = config.lookup(request_host(req), req.uri.path()).cloned();
+        let Some(route) = route else {
+            tracing::debug!(host = ?request_host(req), path = req.uri.path(), "no route: 404");
+            return self.respond(session, 404, true).await;
+        };
+
+        if let Some(limit) = self.settings.max_body_bytes {
+            let declared = req
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if declared.is_some_and(|len| len > limit) {
+                // The body is not read: the connection cannot be reused.
+                return self.respond(session, 413, false).await;
+            }
+        }
+
+        let endpoints = self.tables.endpoints();
+        let ready = endpoints.endpoints(&route.backend).is_some_and(|s| !s.is_empty());
+        if !ready {
+            tracing::debug!(backend = %route.backend, "no ready endpoint: 503");
+            return self.respond(session, 503, true).await;
+        }
+        ctx.route = Some(route);
+        ctx.endpoints = Some(endpoints);
+        Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_bytes = ctx.body_bytes.saturating_add(b.len() as u64);
+            if self.settings.max_body_bytes.is_some_and(|limit| ctx.body_bytes > limit) {
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body larger than the limit");
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let (Some(route), Some(endpoints)) = (&ctx.route, &ctx.endpoints) else {
+            return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
+        };
+        match endpoints.pick(&route.backend, &ctx.tried) {
+            Pick::Endpoint(addr) => {
+                ctx.tried.push(addr);
+                let mut peer = HttpPeer::new(addr, false, String::new());
+                let o = &mut peer.options;
+                o.connection_timeout = Some(self.settings.connect_timeout);
+                o.read_timeout = Some(self.settings.read_timeout);
+                o.write_timeout = Some(self.settings.send_timeout);
+                o.idle_timeout = Some(self.settings.upstream_idle_timeout);
+                o.tcp_keepalive = None;
+                // Tunnel every Upgrade (WebSocket and others) as nginx does; the other
+                // hop-by-hop fields are still stripped for ordinary requests.
+                o.http_upstream_request_policy = HttpUpstreamRequestPolicy {
+                    h1_upgrade: H1UpgradePolicy::Preserve,
+                    ..HttpUpstreamRequestPolicy::standard()
+                };
+                Ok(Box::new(peer))
+            }
+            Pick::NoEndpoint | Pick::UnknownBackend => {
+                Error::e_explain(ErrorType::HTTPStatus(503), "no ready endpoint left to try")
+            }
+        }
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let attempts = ctx.tried.len();
+        let retry = attempts < self.settings.upstream_tries && attempts < Self::endpoint_count(ctx);
+        tracing::debug!(peer = %peer, attempts, retry, error = %e, "upstream connect failed");
+        e.set_retry(retry);
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let downstream = session.req_header();
+        let original_xff = joined(downstream, "x-forwarded-for");
+        let forwarded_host = request_host(downstream).map(str::to_string);
+        let scheme = if is_tls(session) { "https" } else { "http" };
+        let client = client_ip(session).map(|ip| ip.to_string()).unwrap_or_default();
+        let port = server_port(session).map(|p| p.to_string()).unwrap_or_default();
+
+        // httpoxy: never pass a client's Proxy header on.
+        upstream.remove_header("proxy");
+        upstream.remove_header("x-forwarded-for");
+        upstream.remove_header("x-original-forwarded-for");
+
+        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        upstream.insert_header("x-real-ip", client.as_str())?;
+        upstream.insert_header("x-forwarded-for", client.as_str())?;
+        if let Some(host) = forwarded_host {
+            upstream.insert_header("x-forwarded-host", host)?;
+        }
+        upstream.insert_header("x-forwarded-port", port)?;
+        upstream.insert_header("x-forwarded-proto", scheme)?;
+        upstream.insert_header("x-forwarded-scheme", scheme)?;
+        upstream.insert_header("x-scheme", scheme)?;
+        if let Some(xff) = original_xff {
+            if let Ok(v) = HeaderValue::from_str(&xff) {
+                upstream.insert_header("x-original-forwarded-for", v)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if !response.headers.contains_key(header::SERVER) {
+            response.insert_header(header::SERVER, SERVER)?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let code = status_for(e);
+        tracing::debug!(code, error = %e, tried = ?ctx.tried, "request failed");
+        if code > 0 && session.response_written().is_none() {
+            let Ok((header, body)) = error_page(code) else {
+                return FailToProxy {
+                    error_code: code,
+                    can_reuse_downstream: false,
+                };
+            };
+            let body = if session.req_header().method == http::Method::HEAD {
+                Bytes::new()
+            } else {
+                body
+            };
+            if let Err(write_error) = session.as_downstream_mut().write_error_response(header, body).await {
+                tracing::debug!(error = %write_error, "could not send the error page");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        // Failures are per request: they are answered and counted, not logged at error.
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_32_lowercase_hex() {
+        let id = new_request_id();
+        assert_eq!(id.len(), 32);
+        assert!(id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        assert_ne!(id, new_request_id());
+    }
+}

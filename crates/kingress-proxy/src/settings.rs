@@ -1,0 +1,38 @@
+//! Data-plane settings. Defaults are ingress-nginx's.
+
+use std::time::Duration;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxySettings {
+    /// `proxy-connect-timeout`: 5 s.
+    pub connect_timeout: Duration,
+    /// `proxy-read-timeout`: 60 s between two reads from the upstream.
+    pub read_timeout: Duration,
+    /// `proxy-send-timeout`: 60 s between two writes to the upstream.
+    pub send_timeout: Duration,
+    /// `proxy-next-upstream-tries`: 3 attempts in all when connecting fails.
+    pub upstream_tries: usize,
+    /// `proxy-body-size` (client_max_body_size): 1 MiB; `None` for no limit.
+    pub max_body_bytes: Option<u64>,
+    /// How long an idle pooled upstream connection is kept (`upstream-keepalive-timeout`).
+    pub upstream_idle_timeout: Duration,
+    /// Idle connections kept per upstream pool (`upstream-keepalive-connections`-like).
+    pub upstream_pool_size: usize,
+    /// How long `serve` waits for open connections to finish once shutdown starts.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            upstream_tries: 3,
+            max_body_bytes: Some(1024 * 1024),
+            upstream_idle_timeout: Duration::from_secs(60),
+            upstream_pool_size: 1024,
+            shutdown_grace: Duration::from_secs(4),
+        }
+    }
+}
