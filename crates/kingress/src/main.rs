@@ -1,1 +1,106 @@
-fn main() {}
+//! `kingress`: see `kingress --help`. All logic lives in the library.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use kingress::cli::{Cli, Command};
+use kingress::gateway::GatewayOptions;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    kingress::logging::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kingress: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("kingress: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn signalled() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({what})"))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => {
+            // Validate everything before binding any port.
+            let proxy = args.proxy.settings().map_err(anyhow::Error::msg)?;
+            let compile = args.class.compile_options();
+            let Some(manifests) = args.manifests else {
+                anyhow::bail!(
+                    "Kubernetes API mode is not available yet: pass --manifests DIR to serve a folder of manifests"
+                );
+            };
+            let http = bind(args.listen.http_listen, "--http-listen").await?;
+            let admin = bind(args.listen.admin_listen, "--admin-listen").await?;
+            tracing::info!(https = %args.listen.https_listen, "HTTPS termination is not built yet; --https-listen is not bound");
+            let options = GatewayOptions {
+                manifests,
+                compile,
+                proxy,
+            };
+            let gateway = kingress::gateway::start(options, http, admin).await?;
+            signalled().await;
+            tracing::info!("shutting down");
+            gateway.shutdown().await;
+            Ok(())
+        }
+        Command::Echo(args) => {
+            let listener = bind(args.listen, "--listen").await?;
+            tracing::info!(listen = %listener.local_addr()?, name = %args.name, "echo backend serving");
+            let options = kingress_echo::EchoOptions {
+                name: args.name,
+                delay: Duration::from_millis(args.delay_ms),
+            };
+            kingress_echo::serve(listener, options, signalled()).await?;
+            Ok(())
+        }
+        Command::Demo(args) => {
+            let http = bind(args.listen.http_listen, "--http-listen").await?;
+            let admin = bind(args.listen.admin_listen, "--admin-listen").await?;
+            let folder = std::env::temp_dir().join(format!("kingress-demo-{}", std::process::id()));
+            let demo = kingress::demo::start(http, admin, folder).await?;
+            println!("{}", demo.instructions());
+            signalled().await;
+            tracing::info!("shutting down");
+            demo.shutdown().await;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The admin listener: /healthz, /readyz, /debug/config.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::controller::Controller;
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain"));
+    r
+}
+
+/// The current configuration as JSON: servers, paths, backends, endpoints, diagnostics.
+pub fn debug_config(controller: &Controller) -> serde_json::Value {
+    let tables = controller.tables();
+    let config = tables.config();
+    let endpoints = tables.endpoints();
+    let (config_generation, endpoints_generation) = tables.generations();
+    let servers: Vec<serde_json::Value> = config
+        .servers()
+        .into_iter()
+        .map(|(host, server)| {
+            let paths: Vec<serde_json::Value> = server
+                .paths
+                .entries()
+                .into_iter()
+                .map(|(path, ty, route)| {
+                    json!({
+                        "path": path, "pathType": ty.as_str(),
+                        "backend": route.backend.as_str(),
+                        "ingress": route.source.ingress.to_string(),
+                    })
+                })
+                .collect();
+            json!({
+                "host": if host.is_empty() { "*".to_string() } else { host },
+                "paths": paths,
+                "defaultBackend": server.default_backend.as_ref().map(|r| json!({
+                    "backend": r.backend.as_str(), "ingress": r.source.ingress.to_string(),
+                })),
+            })
+        })
+        .collect();
+    let mut backends: Vec<(String, Vec<String>)> = endpoints
+        .table()
+        .iter()
+        .map(|(id, set)| (id.to_string(), set.addrs.iter().map(|a| a.to_string()).collect()))
+        .collect();
+    backends.sort();
+    let backends: serde_json::Map<String, serde_json::Value> =
+        backends.into_iter().map(|(k, v)| (k, json!(v))).collect();
+    let diagnostics: Vec<String> = controller.diagnostics().iter().map(|d| d.to_string()).collect();
+    json!({
+        "ready": tables.is_ready(),
+        "configGeneration": config_generation,
+        "endpointsGeneration": endpoints_generation,
+        "servers": servers,
+        "backends": backends,
+        "diagnostics": diagnostics,
+    })
+}
+
+async fn handle(controller: Arc<Controller>, req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            if controller.tables().is_ready() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        "/debug/config" => {
+            let body = serde_json::to_vec_pretty(&debug_config(&controller)).unwrap_or_default();
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    })
+}
+
+/// Serves the admin endpoints until `shutdown` completes.
+pub async fn serve(listener: TcpListener, controller: Arc<Controller>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => {
+                let Ok((tcp, _)) = accepted else { continue };
+                let controller = controller.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| handle(controller.clone(), req));
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        }
+    }
+}

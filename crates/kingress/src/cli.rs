@@ -1,0 +1,187 @@
+//! The command line. The names here are a contract (acceptance suites drive them).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use kingress_compile::{ClassOptions, CompileOptions};
+use kingress_proxy::ProxySettings;
+
+use crate::logging::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(name = "kingress", version, about = "A userspace L4/L7 proxy that is a drop-in Kubernetes ingress controller")]
+pub struct Cli {
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value = "text", env = "KINGRESS_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the ingress gateway (from a folder of manifests with --manifests).
+    Run(RunArgs),
+    /// Run an echo backend that answers every request with JSON describing it.
+    Echo(EchoArgs),
+    /// Run the gateway with echo backends from examples/quickstart and print curl commands.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ListenArgs {
+    /// Address of the plain HTTP listener.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "KINGRESS_HTTP_LISTEN")]
+    pub http_listen: SocketAddr,
+    /// Address of the HTTPS listener (TLS termination is not built yet; reserved).
+    #[arg(long, default_value = "127.0.0.1:8443", env = "KINGRESS_HTTPS_LISTEN")]
+    pub https_listen: SocketAddr,
+    /// Address of the admin listener (/healthz, /readyz, /debug/config).
+    #[arg(long, default_value = "127.0.0.1:10254", env = "KINGRESS_ADMIN_LISTEN")]
+    pub admin_listen: SocketAddr,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ProxyArgs {
+    /// Upstream connect timeout, in seconds (proxy-connect-timeout).
+    #[arg(long, default_value_t = 5.0, env = "KINGRESS_PROXY_CONNECT_TIMEOUT")]
+    pub proxy_connect_timeout: f64,
+    /// Upstream read timeout between two reads, in seconds (proxy-read-timeout).
+    #[arg(long, default_value_t = 60.0, env = "KINGRESS_PROXY_READ_TIMEOUT")]
+    pub proxy_read_timeout: f64,
+    /// Upstream send timeout between two writes, in seconds (proxy-send-timeout).
+    #[arg(long, default_value_t = 60.0, env = "KINGRESS_PROXY_SEND_TIMEOUT")]
+    pub proxy_send_timeout: f64,
+    /// Attempts in all when connecting to an endpoint fails (proxy-next-upstream-tries).
+    #[arg(long, default_value_t = 3, env = "KINGRESS_PROXY_NEXT_UPSTREAM_TRIES")]
+    pub proxy_next_upstream_tries: usize,
+    /// Largest client request body, nginx syntax (1m, 512k, 10485760); 0 for no limit (proxy-body-size).
+    #[arg(long, default_value = "1m", env = "KINGRESS_PROXY_BODY_SIZE")]
+    pub proxy_body_size: String,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ClassArgs {
+    /// The IngressClass name this controller serves.
+    #[arg(long, default_value = "kingress", env = "KINGRESS_INGRESS_CLASS")]
+    pub ingress_class: String,
+    /// The spec.controller value of IngressClasses this controller serves.
+    #[arg(long, default_value = "kingress.dev/ingress-controller", env = "KINGRESS_CONTROLLER_CLASS")]
+    pub controller_class: String,
+    /// Also serve Ingresses that name no class at all.
+    #[arg(long, env = "KINGRESS_WATCH_INGRESS_WITHOUT_CLASS")]
+    pub watch_ingress_without_class: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Serve the Kubernetes manifests (*.yaml, *.yml, *.json) under this folder, live-reloaded.
+    #[arg(long, env = "KINGRESS_MANIFESTS")]
+    pub manifests: Option<PathBuf>,
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    #[command(flatten)]
+    pub class: ClassArgs,
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EchoArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    pub listen: SocketAddr,
+    /// Name reported in every answer (tells backends apart).
+    #[arg(long, default_value = "echo")]
+    pub name: String,
+    /// Added latency before every answer, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub delay_ms: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub listen: ListenArgs,
+}
+
+/// Parses an nginx size: `1m`, `512k`, `2g`, `1048576`. `0` means no limit.
+pub fn parse_size(raw: &str) -> Result<Option<u64>, String> {
+    let raw = raw.trim().to_ascii_lowercase();
+    let (digits, unit) = match raw.char_indices().last() {
+        Some((i, 'k')) => (raw.get(..i), 1024u64),
+        Some((i, 'm')) => (raw.get(..i), 1024 * 1024),
+        Some((i, 'g')) => (raw.get(..i), 1024 * 1024 * 1024),
+        _ => (Some(raw.as_str()), 1),
+    };
+    let n: u64 = digits
+        .unwrap_or("")
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a size (examples: 1m, 512k, 1048576)"))?;
+    let bytes = n.checked_mul(unit).ok_or_else(|| format!("{raw:?} is too large"))?;
+    Ok(if bytes == 0 { None } else { Some(bytes) })
+}
+
+fn seconds(name: &str, v: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(v).map_err(|_| format!("--{name} {v} is not a duration in seconds"))
+}
+
+impl ProxyArgs {
+    pub fn settings(&self) -> Result<ProxySettings, String> {
+        if self.proxy_next_upstream_tries == 0 {
+            return Err("--proxy-next-upstream-tries must be at least 1".into());
+        }
+        Ok(ProxySettings {
+            connect_timeout: seconds("proxy-connect-timeout", self.proxy_connect_timeout)?,
+            read_timeout: seconds("proxy-read-timeout", self.proxy_read_timeout)?,
+            send_timeout: seconds("proxy-send-timeout", self.proxy_send_timeout)?,
+            upstream_tries: self.proxy_next_upstream_tries,
+            max_body_bytes: parse_size(&self.proxy_body_size)?,
+            ..ProxySettings::default()
+        })
+    }
+}
+
+impl ClassArgs {
+    pub fn compile_options(&self) -> CompileOptions {
+        CompileOptions {
+            class: ClassOptions {
+                ingress_class: self.ingress_class.clone(),
+                controller_class: self.controller_class.clone(),
+                watch_ingress_without_class: self.watch_ingress_without_class,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed_and_has_the_contract_defaults() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["kingress", "run", "--manifests", "/tmp/x"]).unwrap();
+        let Command::Run(run) = cli.command else { panic!() };
+        assert_eq!(run.listen.http_listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(run.listen.https_listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(run.listen.admin_listen.to_string(), "127.0.0.1:10254");
+        let s = run.proxy.settings().unwrap();
+        assert_eq!(s, ProxySettings::default());
+        assert_eq!(run.class.compile_options().class, ClassOptions::default());
+    }
+
+    #[test]
+    fn sizes_parse_like_nginx() {
+        assert_eq!(parse_size("1m"), Ok(Some(1024 * 1024)));
+        assert_eq!(parse_size("512K"), Ok(Some(512 * 1024)));
+        assert_eq!(parse_size("100"), Ok(Some(100)));
+        assert_eq!(parse_size("0"), Ok(None));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("m").is_err());
+        assert!(parse_size("99999999999999g").is_err());
+    }
+}

@@ -1,0 +1,122 @@
+//! Applies what a source read: compile, publish, report.
+//!
+//! Route-affecting objects (IngressClasses, Ingresses, Services) recompile the routing
+//! table; Services and EndpointSlices rebuild the endpoint table. An EndpointSlice-only
+//! change never touches the routes. The endpoint table is published before the routes,
+//! so a route that appears together with its backend never sees the old (backend-less)
+//! endpoint table.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use kingress_compile::{CompileOptions, Snapshot, compile_endpoints, compile_routes};
+use kingress_model::Diagnostic;
+use kingress_proxy::Tables;
+use kingress_sources::Scan;
+
+/// What was last applied, to tell which tables a new scan affects.
+#[derive(Default)]
+struct Applied {
+    snapshot: Option<Snapshot>,
+    route_diagnostics: Vec<Diagnostic>,
+    endpoint_diagnostics: Vec<Diagnostic>,
+    reported: BTreeSet<Diagnostic>,
+}
+
+pub struct Controller {
+    tables: Arc<Tables>,
+    options: CompileOptions,
+    applied: Mutex<Applied>,
+    /// The current diagnostics, for /debug/config.
+    diagnostics: Mutex<Vec<Diagnostic>>,
+}
+
+/// What one apply did, for logs and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    pub routes_recompiled: bool,
+    pub endpoints_rebuilt: bool,
+}
+
+impl Controller {
+    pub fn new(tables: Arc<Tables>, options: CompileOptions) -> Arc<Self> {
+        Arc::new(Self {
+            tables,
+            options,
+            applied: Mutex::new(Applied::default()),
+            diagnostics: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn tables(&self) -> &Arc<Tables> {
+        &self.tables
+    }
+
+    pub fn diagnostics(&self) -> Vec<Diagnostic> {
+        self.diagnostics.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    /// Compiles and publishes a scan. Never fails: problems are diagnostics.
+    pub fn apply(&self, scan: Scan) -> ApplyOutcome {
+        let started = Instant::now();
+        let Ok(mut applied) = self.applied.lock() else {
+            return ApplyOutcome::default();
+        };
+        let new = scan.snapshot;
+        let (routes_changed, endpoints_changed) = match &applied.snapshot {
+            None => (true, true),
+            Some(old) => (
+                old.ingress_classes != new.ingress_classes
+                    || old.ingresses != new.ingresses
+                    || old.services != new.services,
+                old.services != new.services || old.endpoint_slices != new.endpoint_slices,
+            ),
+        };
+        let (config_gen, endpoints_gen) = self.tables.generations();
+        let mut endpoints_gen = endpoints_gen;
+        let mut config_gen = config_gen;
+        if endpoints_changed {
+            let (table, diags) = compile_endpoints(&new);
+            endpoints_gen = self.tables.publish_endpoints(table);
+            applied.endpoint_diagnostics = diags;
+        }
+        if routes_changed {
+            let (config, diags) = compile_routes(&new, &self.options);
+            let routes = config.route_count();
+            config_gen = self.tables.publish_config(config);
+            applied.route_diagnostics = diags;
+            tracing::debug!(routes, "routing table compiled");
+        }
+        applied.snapshot = Some(new);
+
+        let mut all: BTreeSet<Diagnostic> = scan.diagnostics.into_iter().collect();
+        all.extend(applied.route_diagnostics.iter().cloned());
+        all.extend(applied.endpoint_diagnostics.iter().cloned());
+        for d in all.difference(&applied.reported) {
+            tracing::warn!(subject = %d.subject, reason = %d.reason, "{d}");
+        }
+        for d in applied.reported.difference(&all) {
+            tracing::info!(subject = %d.subject, "resolved: {d}");
+        }
+        if let Ok(mut current) = self.diagnostics.lock() {
+            *current = all.iter().cloned().collect();
+        }
+        let count = all.len();
+        applied.reported = all;
+        tracing::info!(
+            config_generation = config_gen,
+            endpoints_generation = endpoints_gen,
+            routes_recompiled = routes_changed,
+            endpoints_rebuilt = endpoints_changed,
+            diagnostics = count,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "configuration published"
+        );
+        self.tables.set_ready(true);
+        ApplyOutcome {
+            routes_recompiled: routes_changed,
+            endpoints_rebuilt: endpoints_changed,
+        }
+    }
+}

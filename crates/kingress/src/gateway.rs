@@ -1,0 +1,97 @@
+//! Binds the pieces together: manifest folder -> controller -> tables -> listeners.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use kingress_compile::CompileOptions;
+use kingress_proxy::{ProxySettings, Tables};
+use kingress_sources::{FolderWatcher, ManifestFolder};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::controller::Controller;
+
+/// Everything `kingress run --manifests DIR` needs, validated.
+#[derive(Clone, Debug)]
+pub struct GatewayOptions {
+    pub manifests: PathBuf,
+    pub compile: CompileOptions,
+    pub proxy: ProxySettings,
+}
+
+/// A running gateway.
+pub struct GatewayHandle {
+    pub http_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub controller: Arc<Controller>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    watcher: Option<FolderWatcher>,
+}
+
+impl GatewayHandle {
+    pub fn tables(&self) -> &Arc<Tables> {
+        self.controller.tables()
+    }
+
+    /// Graceful stop: /readyz turns 503, listeners close, open connections get the
+    /// proxy's grace period to finish.
+    pub async fn shutdown(mut self) {
+        self.controller.tables().set_ready(false);
+        drop(self.watcher.take());
+        let _ = self.shutdown.send(true);
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn wait_for(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Starts the gateway on already-bound listeners. Returns once the first configuration
+/// is live (so /readyz is 200 from the first request on).
+pub async fn start(options: GatewayOptions, http: TcpListener, admin: TcpListener) -> anyhow::Result<GatewayHandle> {
+    let meta = std::fs::metadata(&options.manifests)
+        .with_context(|| format!("manifests folder {}", options.manifests.display()))?;
+    anyhow::ensure!(meta.is_dir(), "{} is not a folder", options.manifests.display());
+    let http_addr = http.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+
+    let tables = Tables::new();
+    let controller = Controller::new(tables.clone(), options.compile.clone());
+    let (shutdown, shutdown_rx) = watch::channel(false);
+
+    // Admin first, so /healthz answers while the first scan runs.
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(crate::admin::serve(admin, controller.clone(), wait_for(shutdown_rx.clone()))));
+
+    let mut folder = ManifestFolder::new(options.manifests.clone());
+    let (folder, scan) = tokio::task::spawn_blocking(move || {
+        let scan = folder.rescan();
+        (folder, scan)
+    })
+    .await?;
+    controller.apply(scan);
+    let c = controller.clone();
+    let watcher = FolderWatcher::start(folder, move |scan| {
+        c.apply(scan);
+    })?;
+
+    let app = kingress_proxy::build_proxy(tables.clone(), options.proxy.clone());
+    let grace = options.proxy.shutdown_grace;
+    tasks.push(tokio::spawn(kingress_proxy::serve(http, app, wait_for(shutdown_rx), grace)));
+    tracing::info!(http = %http_addr, admin = %admin_addr, manifests = %options.manifests.display(), "kingress is serving");
+    Ok(GatewayHandle {
+        http_addr,
+        admin_addr,
+        controller,
+        shutdown,
+        tasks,
+        watcher: Some(watcher),
+    })
+}
