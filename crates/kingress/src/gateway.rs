@@ -27,8 +27,12 @@ pub struct GatewayHandle {
     pub http_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub controller: Arc<Controller>,
+    /// Stops the data plane (first).
     shutdown: watch::Sender<bool>,
+    /// Stops the admin listener (last, so /readyz says 503 while draining).
+    admin_shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    admin_task: JoinHandle<()>,
     watcher: Option<FolderWatcher>,
 }
 
@@ -46,6 +50,8 @@ impl GatewayHandle {
         for t in self.tasks.drain(..) {
             let _ = t.await;
         }
+        let _ = self.admin_shutdown.send(true);
+        let _ = self.admin_task.await;
     }
 }
 
@@ -65,10 +71,11 @@ pub async fn start(options: GatewayOptions, http: TcpListener, admin: TcpListene
     let tables = Tables::new();
     let controller = Controller::new(tables.clone(), options.compile.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let (admin_shutdown, admin_shutdown_rx) = watch::channel(false);
 
     // Admin first, so /healthz answers while the first scan runs.
+    let admin_task = tokio::spawn(crate::admin::serve(admin, controller.clone(), wait_for(admin_shutdown_rx)));
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(crate::admin::serve(admin, controller.clone(), wait_for(shutdown_rx.clone()))));
 
     let mut folder = ManifestFolder::new(options.manifests.clone());
     let (folder, scan) = tokio::task::spawn_blocking(move || {
@@ -91,7 +98,9 @@ pub async fn start(options: GatewayOptions, http: TcpListener, admin: TcpListene
         admin_addr,
         controller,
         shutdown,
+        admin_shutdown,
         tasks,
+        admin_task,
         watcher: Some(watcher),
     })
 }
