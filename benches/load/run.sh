@@ -105,9 +105,11 @@ echo "work folder: $WORK"
 # --- backends ---------------------------------------------------------------------------
 log "starting echo backends on $HOST:$ECHO1_PORT and $HOST:$ECHO2_PORT"
 "$KINGRESS" echo --listen "$HOST:$ECHO1_PORT" --name e1 >"$WORK/echo-e1.log" 2>&1 &
-PIDS+=($!)
+ECHO1_PID=$!
+PIDS+=("$ECHO1_PID")
 "$KINGRESS" echo --listen "$HOST:$ECHO2_PORT" --name e2 >"$WORK/echo-e2.log" 2>&1 &
-PIDS+=($!)
+ECHO2_PID=$!
+PIDS+=("$ECHO2_PID")
 wait_status 200 "http://$HOST:$ECHO1_PORT/"
 wait_status 200 "http://$HOST:$ECHO2_PORT/"
 
@@ -167,7 +169,8 @@ log "starting kingress on $HOST:$HTTP_PORT (admin $HOST:$ADMIN_PORT)"
 "$KINGRESS" run --manifests "$MANIFESTS" \
     --http-listen "$HOST:$HTTP_PORT" --admin-listen "$HOST:$ADMIN_PORT" \
     >"$WORK/kingress.log" 2>&1 &
-PIDS+=($!)
+KINGRESS_PID=$!
+PIDS+=("$KINGRESS_PID")
 wait_status 200 "http://$HOST:$ADMIN_PORT/readyz"
 wait_status 200 "http://$HOST:$HTTP_PORT/" -H 'Host: bench.local'
 
@@ -213,36 +216,65 @@ http {
 }
 EOF
     nginx -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" &
-    PIDS+=($!)
+    NGINX_PID=$!
+    PIDS+=("$NGINX_PID")
     wait_status 200 "http://$HOST:$NGINX_PORT/" -H 'Host: bench.local'
 fi
 
 # --- throughput and latency ------------------------------------------------------------------------
 RESULTS=$WORK/results.txt
 : >"$RESULTS"
+CLK_TCK=$(getconf CLK_TCK)
+# CPU time (utime + stime of all threads, in clock ticks) of the given processes.
+cpu_ticks() {
+    local total=0 pid t
+    for pid in "$@"; do
+        t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+        total=$((total + t))
+    done
+    echo "$total"
+}
+# run_wrk NAME URL PROXY_PIDS... : wrk against URL, and the CPU the proxy (if any) and
+# the echo backends used meanwhile.
 run_wrk() {
-    local name=$1 url=$2
+    local name=$1 url=$2; shift 2
+    local proxy_pids=("$@")
     log "wrk: $name ($url)"
     local cmd=(wrk "-t$THREADS" "-c$CONNECTIONS" "-d$DURATION" --latency -H 'Host: bench.local' "$url")
-    echo "\$ ${cmd[*]}"
-    local out
+    printf '$'; printf ' %q' "${cmd[@]}"; printf '\n'
+    local p0 e0 p1 e1 out
+    p0=$(cpu_ticks "${proxy_pids[@]}")
+    e0=$(cpu_ticks "$ECHO1_PID" "$ECHO2_PID")
     out=$("${cmd[@]}")
+    p1=$(cpu_ticks "${proxy_pids[@]}")
+    e1=$(cpu_ticks "$ECHO1_PID" "$ECHO2_PID")
     echo "$out"
     if grep -q 'Non-2xx' <<<"$out"; then
         echo "WARNING: $name answered non-2xx responses" >&2
     fi
-    {
-        printf '%-10s %12s req/s   p50 %-9s p99 %-9s\n' "$name" \
-            "$(awk '/^Requests\/sec/ {print $2}' <<<"$out")" \
-            "$(awk '$1 == "50%" {print $2}' <<<"$out")" \
-            "$(awk '$1 == "99%" {print $2}' <<<"$out")"
-    } >>"$RESULTS"
+    local requests proxy_cpu echo_cpu per_request="-"
+    requests=$(awk '/requests in/ {print $1}' <<<"$out")
+    proxy_cpu=$(awk -v t=$((p1 - p0)) -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", t / hz}')
+    echo_cpu=$(awk -v t=$((e1 - e0)) -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", t / hz}')
+    if [ "${#proxy_pids[@]}" -gt 0 ] && [ "${requests:-0}" -gt 0 ]; then
+        per_request=$(awk -v t=$((p1 - p0)) -v hz="$CLK_TCK" -v n="$requests" 'BEGIN {printf "%.1fus", t / hz / n * 1e6}')
+        echo "proxy CPU: ${proxy_cpu}s (${per_request} per request); echo backends CPU: ${echo_cpu}s"
+    else
+        echo "echo backends CPU: ${echo_cpu}s"
+    fi
+    printf '%-9s %10s req/s   p50 %-8s p99 %-8s proxy CPU/request %-8s\n' "$name" \
+        "$(awk '/^Requests\/sec/ {print $2}' <<<"$out")" \
+        "$(awk '$1 == "50%" {print $2}' <<<"$out")" \
+        "$(awk '$1 == "99%" {print $2}' <<<"$out")" \
+        "$per_request" >>"$RESULTS"
 }
 
 run_wrk direct "http://$HOST:$ECHO1_PORT/"
-run_wrk kingress "http://$HOST:$HTTP_PORT/"
+run_wrk kingress "http://$HOST:$HTTP_PORT/" "$KINGRESS_PID"
 if [ "$WITH_NGINX" = 1 ]; then
-    run_wrk nginx "http://$HOST:$NGINX_PORT/"
+    # The master only supervises; the workers do the proxying.
+    mapfile -t NGINX_WORKERS < <(pgrep -P "$NGINX_PID")
+    run_wrk nginx "http://$HOST:$NGINX_PORT/" "${NGINX_WORKERS[@]}"
 fi
 
 # --- change-to-live latency ---------------------------------------------------------------

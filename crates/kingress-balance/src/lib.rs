@@ -54,10 +54,7 @@ impl Balanced {
         let state = table
             .iter()
             .map(|(id, _)| {
-                let s = previous
-                    .and_then(|p| p.state.get(id))
-                    .cloned()
-                    .unwrap_or_default();
+                let s = previous.and_then(|p| p.state.get(id)).cloned().unwrap_or_default();
                 (id.clone(), s)
             })
             .collect();

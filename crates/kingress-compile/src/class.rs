@@ -136,10 +136,17 @@ mod tests {
     #[test]
     fn class_name_resolves_through_ingress_class_objects() {
         let opts = ClassOptions::default();
-        let classes = vec![class("kingress", OURS, false), class("nginx", "k8s.io/ingress-nginx", false), class("custom", OURS, false)];
+        let classes = vec![
+            class("kingress", OURS, false),
+            class("nginx", "k8s.io/ingress-nginx", false),
+            class("custom", OURS, false),
+        ];
         let f = ClassFilter::new(&opts, &classes);
         assert!(f.is_ours(&ingress(Some("kingress"), None)));
-        assert!(f.is_ours(&ingress(Some("custom"), None)), "any class with our controller value");
+        assert!(
+            f.is_ours(&ingress(Some("custom"), None)),
+            "any class with our controller value"
+        );
         assert!(!f.is_ours(&ingress(Some("nginx"), None)));
         assert!(!f.is_ours(&ingress(Some("missing"), None)));
         // Without a class object, our own class name is enough.

@@ -42,17 +42,9 @@ pub struct Snapshot {
 }
 
 /// The controller settings compile needs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct CompileOptions {
     pub class: ClassOptions,
-}
-
-impl Default for CompileOptions {
-    fn default() -> Self {
-        Self {
-            class: ClassOptions::default(),
-        }
-    }
 }
 
 /// What [`compile`] produces.
@@ -91,7 +83,10 @@ pub(crate) fn object_ref(kind: &str, meta: &k8s_openapi::apimachinery::pkg::apis
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 pub(crate) fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
-    meta.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(DEFAULT_NAMESPACE)
+    meta.namespace
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .unwrap_or(DEFAULT_NAMESPACE)
 }
 
 #[cfg(test)]

@@ -128,7 +128,10 @@ pub fn compile_routes(snapshot: &Snapshot, options: &CompileOptions) -> (Config,
         let valid = match validate_ingress(ing) {
             Ok(v) => v,
             Err(errors) => {
-                diagnostics.push(Diagnostic::object(obj, format!("invalid, skipped: {}", errors.join("; "))));
+                diagnostics.push(Diagnostic::object(
+                    obj,
+                    format!("invalid, skipped: {}", errors.join("; ")),
+                ));
                 continue;
             }
         };
@@ -153,22 +156,21 @@ pub fn compile_routes(snapshot: &Snapshot, options: &CompileOptions) -> (Config,
 
         let default_route = valid.default_backend.as_ref().map(|b| route_for(b, "", "", None));
         let mut conflicts = Vec::new();
-        if let Some(default_route) = &default_route {
-            if valid.rules.is_empty() {
-                // The catch-all: answers every host without a server of its own.
-                if let Err(r) = builder.set_default_backend(None, default_route.clone()) {
-                    conflicts.push(default_conflict(&builder, None, &r));
-                }
-            }
+        // With no rules, the defaultBackend is the catch-all: it answers every host
+        // without a server of its own.
+        if let (Some(default_route), true) = (&default_route, valid.rules.is_empty())
+            && let Err(r) = builder.set_default_backend(None, default_route.clone())
+        {
+            conflicts.push(default_conflict(&builder, None, &r));
         }
         for rule in &valid.rules {
             let host = rule.host.as_ref();
             let host_text = host.map(HostPattern::as_rule).unwrap_or_default();
             builder.ensure_server(host);
-            if let Some(default_route) = &default_route {
-                if let Err(r) = builder.set_default_backend(host, default_route.clone()) {
-                    conflicts.push(default_conflict(&builder, host, &r));
-                }
+            if let Some(default_route) = &default_route
+                && let Err(r) = builder.set_default_backend(host, default_route.clone())
+            {
+                conflicts.push(default_conflict(&builder, host, &r));
             }
             for p in &rule.paths {
                 let route = route_for(&p.backend, &host_text, &p.path, Some(p.path_type));

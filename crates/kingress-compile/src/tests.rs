@@ -97,7 +97,10 @@ fn simple_fanout_example() {
             path("/foo", "Prefix", "service1"), path("/bar", "Prefix", "service2")]}}]}),
     );
     let c = run(&snapshot(vec![ing], &["service1", "service2"]));
-    assert_eq!(route(&c, "foo.bar.com", "/foo/x").as_deref(), Some("default/service1:80"));
+    assert_eq!(
+        route(&c, "foo.bar.com", "/foo/x").as_deref(),
+        Some("default/service1:80")
+    );
     assert_eq!(route(&c, "foo.bar.com", "/bar").as_deref(), Some("default/service2:80"));
     assert_eq!(route(&c, "foo.bar.com", "/baz"), None);
     assert_eq!(route(&c, "other.com", "/foo"), None);
@@ -118,7 +121,10 @@ fn name_based_virtual_hosting_example_with_catch_all_rule() {
     );
     let c = run(&snapshot(vec![ing], &["service1", "service2", "service3"]));
     assert_eq!(route(&c, "first.bar.com", "/").as_deref(), Some("default/service1:80"));
-    assert_eq!(route(&c, "second.bar.com", "/x").as_deref(), Some("default/service2:80"));
+    assert_eq!(
+        route(&c, "second.bar.com", "/x").as_deref(),
+        Some("default/service2:80")
+    );
     assert_eq!(route(&c, "third.bar.com", "/x").as_deref(), Some("default/service3:80"));
     assert_eq!(route(&c, "", "/x").as_deref(), Some("default/service3:80"));
 }
@@ -182,14 +188,23 @@ fn merging_and_conflicts_oldest_wins() {
     assert_eq!(route(&c, "shop.com", "/cart").as_deref(), Some("default/cart:80"));
     let d = diag_texts(&c);
     assert_eq!(d.len(), 1, "{d:?}");
-    assert!(d[0].starts_with("Ingress default/a-newer: path \"/\" (Prefix) on host \"shop.com\""), "{d:?}");
+    assert!(
+        d[0].starts_with("Ingress default/a-newer: path \"/\" (Prefix) on host \"shop.com\""),
+        "{d:?}"
+    );
     assert!(d[0].contains("Ingress default/b-older"), "{d:?}");
 }
 
 #[test]
 fn without_timestamps_namespace_then_name_decides() {
-    let a = ingress("a", json!({"rules": [{"host": "x.com", "http": {"paths": [path("/", "Prefix", "s1")]}}]}));
-    let b = ingress("b", json!({"rules": [{"host": "x.com", "http": {"paths": [path("/", "Prefix", "s2")]}}]}));
+    let a = ingress(
+        "a",
+        json!({"rules": [{"host": "x.com", "http": {"paths": [path("/", "Prefix", "s1")]}}]}),
+    );
+    let b = ingress(
+        "b",
+        json!({"rules": [{"host": "x.com", "http": {"paths": [path("/", "Prefix", "s2")]}}]}),
+    );
     let c = run(&snapshot(vec![b, a], &["s1", "s2"]));
     assert_eq!(route(&c, "x.com", "/").as_deref(), Some("default/s1:80"));
     assert_eq!(c.diagnostics.len(), 1);
@@ -215,7 +230,10 @@ fn precedence_longest_then_exact_before_prefix() {
 
 #[test]
 fn class_selection_filters_ingresses() {
-    let ours = ingress("ours", json!({"rules": [{"host": "a.com", "http": {"paths": [path("/", "Prefix", "s1")]}}]}));
+    let ours = ingress(
+        "ours",
+        json!({"rules": [{"host": "a.com", "http": {"paths": [path("/", "Prefix", "s1")]}}]}),
+    );
     let theirs = ingress_with(
         "theirs",
         json!({}),
@@ -249,12 +267,18 @@ fn class_selection_filters_ingresses() {
 
 #[test]
 fn missing_service_keeps_the_route_with_a_diagnostic() {
-    let ing = ingress("m", json!({"rules": [{"host": "m.com", "http": {"paths": [path("/", "Prefix", "ghost")]}}]}));
+    let ing = ingress(
+        "m",
+        json!({"rules": [{"host": "m.com", "http": {"paths": [path("/", "Prefix", "ghost")]}}]}),
+    );
     let c = run(&snapshot(vec![ing], &[]));
     assert_eq!(route(&c, "m.com", "/").as_deref(), Some("default/ghost:80"));
     assert!(c.endpoints.get(&BackendId::new("default", "ghost", "80")).is_none());
     let d = diag_texts(&c);
-    assert_eq!(d, vec!["Ingress default/m: service \"ghost\" not found; its paths answer 503 until it exists"]);
+    assert_eq!(
+        d,
+        vec!["Ingress default/m: service \"ghost\" not found; its paths answer 503 until it exists"]
+    );
 }
 
 #[test]
@@ -281,35 +305,73 @@ fn invalid_ingress_is_skipped_and_the_rest_serves() {
         json!({"rules": [{"host": "bad.com", "http": {"paths": [
             {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "s1", "port": {"number": 70000}}}}]}}]}),
     );
-    let bad_host = ingress("badhost", json!({"rules": [{"host": "foo.*.com", "http": {"paths": [path("/", "Prefix", "s1")]}}]}));
-    let bad_type = ingress("badtype", json!({"rules": [{"host": "t.com", "http": {"paths": [path("/", "Regex", "s1")]}}]}));
-    let relative = ingress("relative", json!({"rules": [{"host": "r.com", "http": {"paths": [path("foo", "Prefix", "s1")]}}]}));
+    let bad_host = ingress(
+        "badhost",
+        json!({"rules": [{"host": "foo.*.com", "http": {"paths": [path("/", "Prefix", "s1")]}}]}),
+    );
+    let bad_type = ingress(
+        "badtype",
+        json!({"rules": [{"host": "t.com", "http": {"paths": [path("/", "Regex", "s1")]}}]}),
+    );
+    let relative = ingress(
+        "relative",
+        json!({"rules": [{"host": "r.com", "http": {"paths": [path("foo", "Prefix", "s1")]}}]}),
+    );
     let empty = ingress("empty", json!({}));
-    let good = ingress("good", json!({"rules": [{"host": "good.com", "http": {"paths": [path("/", "Prefix", "s1")]}}]}));
+    let good = ingress(
+        "good",
+        json!({"rules": [{"host": "good.com", "http": {"paths": [path("/", "Prefix", "s1")]}}]}),
+    );
     let c = run(&snapshot(vec![bad, bad_host, bad_type, relative, empty, good], &["s1"]));
     assert!(route(&c, "good.com", "/").is_some());
     assert!(route(&c, "bad.com", "/").is_none());
     assert!(route(&c, "t.com", "/").is_none());
     let d = diag_texts(&c);
     assert_eq!(d.len(), 5, "{d:?}");
-    assert!(d.iter().any(|x| x.starts_with("Ingress default/bad: invalid, skipped:") && x.contains("70000")));
-    assert!(d.iter().any(|x| x.starts_with("Ingress default/badhost: invalid") && x.contains("wildcard")));
-    assert!(d.iter().any(|x| x.starts_with("Ingress default/badtype: invalid") && x.contains("\"Regex\"")));
-    assert!(d.iter().any(|x| x.starts_with("Ingress default/relative: invalid") && x.contains("absolute")));
-    assert!(d.iter().any(|x| x.starts_with("Ingress default/empty: invalid") && x.contains("defaultBackend or rules")));
+    assert!(
+        d.iter()
+            .any(|x| x.starts_with("Ingress default/bad: invalid, skipped:") && x.contains("70000"))
+    );
+    assert!(
+        d.iter()
+            .any(|x| x.starts_with("Ingress default/badhost: invalid") && x.contains("wildcard"))
+    );
+    assert!(
+        d.iter()
+            .any(|x| x.starts_with("Ingress default/badtype: invalid") && x.contains("\"Regex\""))
+    );
+    assert!(
+        d.iter()
+            .any(|x| x.starts_with("Ingress default/relative: invalid") && x.contains("absolute"))
+    );
+    assert!(
+        d.iter()
+            .any(|x| x.starts_with("Ingress default/empty: invalid") && x.contains("defaultBackend or rules"))
+    );
 }
 
 #[test]
 fn invalid_service_is_skipped_and_its_paths_answer_503() {
-    let ing = ingress("i", json!({"rules": [{"host": "i.com", "http": {"paths": [path("/", "Prefix", "broken")]}}]}));
+    let ing = ingress(
+        "i",
+        json!({"rules": [{"host": "i.com", "http": {"paths": [path("/", "Prefix", "broken")]}}]}),
+    );
     let mut s = snapshot(vec![ing], &[]);
     s.services.push(service("broken", json!([{"port": 0}])));
     let c = run(&s);
     assert_eq!(route(&c, "i.com", "/").as_deref(), Some("default/broken:80"));
     assert!(c.endpoints.get(&BackendId::new("default", "broken", "80")).is_none());
     let d = diag_texts(&c);
-    assert!(d.iter().any(|x| x.starts_with("Service default/broken: invalid, skipped:")), "{d:?}");
-    assert!(d.iter().any(|x| x.starts_with("Ingress default/i: service \"broken\" is invalid")), "{d:?}");
+    assert!(
+        d.iter()
+            .any(|x| x.starts_with("Service default/broken: invalid, skipped:")),
+        "{d:?}"
+    );
+    assert!(
+        d.iter()
+            .any(|x| x.starts_with("Ingress default/i: service \"broken\" is invalid")),
+        "{d:?}"
+    );
 }
 
 #[test]
@@ -329,8 +391,18 @@ fn endpoint_conditions_and_port_names() {
             {"addresses": ["10.1.0.4"], "conditions": {"ready": true, "terminating": true}},
         ]),
     );
-    let sl2 = slice("multi-2", "multi", json!([{"name": "http", "port": 8080}]), json!([{"addresses": ["10.1.0.5"]}]));
-    let other = slice("other-1", "other", json!([{"name": "http", "port": 1}]), json!([{"addresses": ["10.9.9.9"]}]));
+    let sl2 = slice(
+        "multi-2",
+        "multi",
+        json!([{"name": "http", "port": 8080}]),
+        json!([{"addresses": ["10.1.0.5"]}]),
+    );
+    let other = slice(
+        "other-1",
+        "other",
+        json!([{"name": "http", "port": 1}]),
+        json!([{"addresses": ["10.9.9.9"]}]),
+    );
     let s = Snapshot {
         services: vec![svc],
         endpoint_slices: vec![sl, sl2, other],
@@ -346,13 +418,21 @@ fn endpoint_conditions_and_port_names() {
     assert_eq!(http.addrs, want);
     let admin = t.get(&BackendId::new("default", "multi", "9000")).unwrap();
     assert_eq!(admin.addrs.len(), 2);
-    assert!(t.get(&BackendId::new("default", "multi", "53")).is_none(), "UDP ports are not HTTP backends");
+    assert!(
+        t.get(&BackendId::new("default", "multi", "53")).is_none(),
+        "UDP ports are not HTTP backends"
+    );
 }
 
 #[test]
 fn bad_endpoint_slice_is_a_diagnostic() {
     let (svc, _) = svc_with_endpoint("web", "10.0.0.1");
-    let bad = slice("web-bad", "web", json!([{"name": "http", "port": 8080}]), json!([{"addresses": ["not-an-ip"]}]));
+    let bad = slice(
+        "web-bad",
+        "web",
+        json!([{"name": "http", "port": 8080}]),
+        json!([{"addresses": ["not-an-ip"]}]),
+    );
     let s = Snapshot {
         services: vec![svc],
         endpoint_slices: vec![bad],
@@ -361,13 +441,22 @@ fn bad_endpoint_slice_is_a_diagnostic() {
     let (t, d) = compile_endpoints(&s);
     assert_eq!(t.get(&BackendId::new("default", "web", "80")).map(|e| e.len()), Some(0));
     assert_eq!(d.len(), 1);
-    assert!(d[0].to_string().starts_with("EndpointSlice default/web-bad: invalid, skipped"));
+    assert!(
+        d[0].to_string()
+            .starts_with("EndpointSlice default/web-bad: invalid, skipped")
+    );
 }
 
 #[test]
 fn conflicting_default_backends_report_the_newer() {
-    let a = ingress("a", json!({"defaultBackend": {"service": {"name": "s1", "port": {"number": 80}}}}));
-    let b = ingress("b", json!({"defaultBackend": {"service": {"name": "s2", "port": {"number": 80}}}}));
+    let a = ingress(
+        "a",
+        json!({"defaultBackend": {"service": {"name": "s1", "port": {"number": 80}}}}),
+    );
+    let b = ingress(
+        "b",
+        json!({"defaultBackend": {"service": {"name": "s2", "port": {"number": 80}}}}),
+    );
     let c = run(&snapshot(vec![b, a], &["s1", "s2"]));
     assert_eq!(route(&c, "x", "/").as_deref(), Some("default/s1:80"));
     let d = diag_texts(&c);
@@ -396,8 +485,14 @@ fn compile_is_deterministic() {
         for p in 0..5 {
             let host = format!("h{h}.com");
             let path = format!("/p{p}");
-            let ra = a.config.lookup(Some(&host), &path).map(|r| r.source.ingress.name.clone());
-            let rb = b.config.lookup(Some(&host), &path).map(|r| r.source.ingress.name.clone());
+            let ra = a
+                .config
+                .lookup(Some(&host), &path)
+                .map(|r| r.source.ingress.name.clone());
+            let rb = b
+                .config
+                .lookup(Some(&host), &path)
+                .map(|r| r.source.ingress.name.clone());
             assert_eq!(ra, rb);
         }
     }

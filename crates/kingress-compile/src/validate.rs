@@ -3,8 +3,8 @@
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
-use kingress_model::host::HostPattern;
 use kingress_model::PathType;
+use kingress_model::host::HostPattern;
 
 /// A Service port as an Ingress names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,7 +93,9 @@ pub(crate) fn validate_ingress(ing: &Ingress) -> Result<ValidIngress, Vec<String
             let path_type = match PathType::parse(&p.path_type) {
                 Some(t) => t,
                 None if p.path_type.is_empty() => {
-                    errors.push(format!("{at}.pathType is required (Exact, Prefix or ImplementationSpecific)"));
+                    errors.push(format!(
+                        "{at}.pathType is required (Exact, Prefix or ImplementationSpecific)"
+                    ));
                     continue;
                 }
                 None => {
@@ -123,7 +125,9 @@ pub(crate) fn validate_ingress(ing: &Ingress) -> Result<ValidIngress, Vec<String
                     path_type,
                     backend: service,
                 }),
-                Ok(None) => warnings.push(format!("{at}.backend: resource backends are not supported; path skipped")),
+                Ok(None) => warnings.push(format!(
+                    "{at}.backend: resource backends are not supported; path skipped"
+                )),
                 Err(e) => errors.push(e),
             }
         }
@@ -235,10 +239,15 @@ pub(crate) fn validate_service(svc: &Service) -> Result<ValidService, Vec<String
             continue;
         };
         if raw_ports.len() > 1 && name.is_empty() {
-            errors.push(format!("spec.ports[{i}].name is required when a Service has several ports"));
+            errors.push(format!(
+                "spec.ports[{i}].name is required when a Service has several ports"
+            ));
             continue;
         }
-        if ports.iter().any(|q: &ValidServicePort| !name.is_empty() && q.name == name) {
+        if ports
+            .iter()
+            .any(|q: &ValidServicePort| !name.is_empty() && q.name == name)
+        {
             errors.push(format!("spec.ports[{i}].name {name:?} is used twice"));
             continue;
         }

@@ -128,7 +128,11 @@ impl Config {
 
     /// Number of path routes in all servers.
     pub fn route_count(&self) -> usize {
-        self.exact.values().chain(self.wildcard.values()).map(|s| s.paths.len()).sum::<usize>()
+        self.exact
+            .values()
+            .chain(self.wildcard.values())
+            .map(|s| s.paths.len())
+            .sum::<usize>()
             + self.default_server.paths.len()
     }
 }
@@ -242,12 +246,22 @@ mod tests {
     #[test]
     fn exact_beats_wildcard_beats_any_host() {
         let mut b = ConfigBuilder::new();
-        b.add_path(Some(&pat("foo.example.com")), "/", PathType::Prefix, route("a", "exact")).unwrap();
-        b.add_path(Some(&pat("*.example.com")), "/", PathType::Prefix, route("a", "wild")).unwrap();
+        b.add_path(
+            Some(&pat("foo.example.com")),
+            "/",
+            PathType::Prefix,
+            route("a", "exact"),
+        )
+        .unwrap();
+        b.add_path(Some(&pat("*.example.com")), "/", PathType::Prefix, route("a", "wild"))
+            .unwrap();
         b.add_path(None, "/", PathType::Prefix, route("a", "any")).unwrap();
         let c = b.build();
         assert_eq!(backend_of(&c, Some("foo.example.com"), "/"), Some("default/exact:80"));
-        assert_eq!(backend_of(&c, Some("FOO.Example.com:8080"), "/x"), Some("default/exact:80"));
+        assert_eq!(
+            backend_of(&c, Some("FOO.Example.com:8080"), "/x"),
+            Some("default/exact:80")
+        );
         assert_eq!(backend_of(&c, Some("bar.example.com"), "/"), Some("default/wild:80"));
         // Wildcards cover exactly one label.
         assert_eq!(backend_of(&c, Some("example.com"), "/"), Some("default/any:80"));
@@ -259,24 +273,37 @@ mod tests {
     #[test]
     fn a_host_with_its_own_server_does_not_fall_through() {
         let mut b = ConfigBuilder::new();
-        b.add_path(Some(&pat("foo.com")), "/api", PathType::Prefix, route("a", "api")).unwrap();
+        b.add_path(Some(&pat("foo.com")), "/api", PathType::Prefix, route("a", "api"))
+            .unwrap();
         b.add_path(None, "/", PathType::Prefix, route("b", "any")).unwrap();
         let c = b.build();
         assert_eq!(backend_of(&c, Some("foo.com"), "/api/x"), Some("default/api:80"));
-        assert_eq!(backend_of(&c, Some("foo.com"), "/other"), None, "404 from the controller default");
+        assert_eq!(
+            backend_of(&c, Some("foo.com"), "/other"),
+            None,
+            "404 from the controller default"
+        );
         assert_eq!(backend_of(&c, Some("bar.com"), "/other"), Some("default/any:80"));
     }
 
     #[test]
     fn default_backends_answer_unmatched_paths_of_their_server() {
         let mut b = ConfigBuilder::new();
-        b.add_path(Some(&pat("foo.com")), "/api", PathType::Prefix, route("a", "api")).unwrap();
-        b.set_default_backend(Some(&pat("foo.com")), route("a", "foo-default")).unwrap();
-        assert!(b.set_default_backend(Some(&pat("foo.com")), route("z", "later")).is_err());
+        b.add_path(Some(&pat("foo.com")), "/api", PathType::Prefix, route("a", "api"))
+            .unwrap();
+        b.set_default_backend(Some(&pat("foo.com")), route("a", "foo-default"))
+            .unwrap();
+        assert!(
+            b.set_default_backend(Some(&pat("foo.com")), route("z", "later"))
+                .is_err()
+        );
         b.set_default_backend(None, route("c", "catch-all")).unwrap();
         b.ensure_server(Some(&pat("bare.com")));
         let c = b.build();
-        assert_eq!(backend_of(&c, Some("foo.com"), "/nothing"), Some("default/foo-default:80"));
+        assert_eq!(
+            backend_of(&c, Some("foo.com"), "/nothing"),
+            Some("default/foo-default:80")
+        );
         assert_eq!(backend_of(&c, Some("foo.com"), "/api"), Some("default/api:80"));
         assert_eq!(backend_of(&c, Some("unknown.com"), "/x"), Some("default/catch-all:80"));
         assert_eq!(backend_of(&c, Some("bare.com"), "/x"), None);
@@ -288,7 +315,8 @@ mod tests {
     fn path_owner_reports_the_holder_of_a_conflict() {
         let mut b = ConfigBuilder::new();
         let h = pat("foo.com");
-        b.add_path(Some(&h), "/x/", PathType::Prefix, route("first", "one")).unwrap();
+        b.add_path(Some(&h), "/x/", PathType::Prefix, route("first", "one"))
+            .unwrap();
         let owner = b.path_owner(Some(&h), "/x", PathType::Prefix).unwrap();
         assert_eq!(owner.source.ingress.name, "first");
         assert!(b.path_owner(Some(&h), "/x", PathType::Exact).is_none());

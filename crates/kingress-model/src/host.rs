@@ -38,7 +38,9 @@ pub enum HostPattern {
 /// Why a rule's host was rejected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HostError {
-    #[error("host {0:?} is not a valid DNS name (lower-case letters, digits, '-' and '.', labels of 1 to 63 characters)")]
+    #[error(
+        "host {0:?} is not a valid DNS name (lower-case letters, digits, '-' and '.', labels of 1 to 63 characters)"
+    )]
     Invalid(String),
     #[error("host {0:?}: a wildcard is only allowed as the whole first label (\"*.example.com\")")]
     BadWildcard(String),
@@ -85,7 +87,9 @@ fn check_dns_name(name: &str) -> Result<(), ()> {
     for label in name.split('.') {
         let bytes = label.as_bytes();
         let ok_len = !bytes.is_empty() && bytes.len() <= 63;
-        let ok_chars = bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
+        let ok_chars = bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
         let ok_ends = bytes.first() != Some(&b'-') && bytes.last() != Some(&b'-');
         if !(ok_len && ok_chars && ok_ends) {
             return Err(());
@@ -98,7 +102,11 @@ fn check_dns_name(name: &str) -> Result<(), ()> {
 /// under: `foo.example.com` -> `example.com`. `None` when the host has a single label.
 pub fn wildcard_suffix(host: &str) -> Option<&str> {
     let (first, rest) = host.split_once('.')?;
-    if first.is_empty() || rest.is_empty() { None } else { Some(rest) }
+    if first.is_empty() || rest.is_empty() {
+        None
+    } else {
+        Some(rest)
+    }
 }
 
 #[cfg(test)]
@@ -107,7 +115,10 @@ mod tests {
 
     #[test]
     fn request_hosts_are_lowercased_and_lose_port_and_trailing_dot() {
-        assert_eq!(normalize_request_host("Example.COM:8080").as_deref(), Some("example.com"));
+        assert_eq!(
+            normalize_request_host("Example.COM:8080").as_deref(),
+            Some("example.com")
+        );
         assert_eq!(normalize_request_host("example.com.").as_deref(), Some("example.com"));
         assert_eq!(normalize_request_host("[::1]:80").as_deref(), Some("[::1]"));
         assert_eq!(normalize_request_host("[::1]").as_deref(), Some("[::1]"));
@@ -118,13 +129,25 @@ mod tests {
 
     #[test]
     fn rule_hosts_follow_the_api_validation() {
-        assert_eq!(HostPattern::parse("Foo.Example.com"), Ok(HostPattern::Exact("foo.example.com".into())));
-        assert_eq!(HostPattern::parse("*.example.com"), Ok(HostPattern::Wildcard("example.com".into())));
-        assert!(matches!(HostPattern::parse("foo.*.com"), Err(HostError::BadWildcard(_))));
+        assert_eq!(
+            HostPattern::parse("Foo.Example.com"),
+            Ok(HostPattern::Exact("foo.example.com".into()))
+        );
+        assert_eq!(
+            HostPattern::parse("*.example.com"),
+            Ok(HostPattern::Wildcard("example.com".into()))
+        );
+        assert!(matches!(
+            HostPattern::parse("foo.*.com"),
+            Err(HostError::BadWildcard(_))
+        ));
         assert!(matches!(HostPattern::parse("*"), Err(HostError::BadWildcard(_))));
         assert!(matches!(HostPattern::parse("*.*.com"), Err(HostError::BadWildcard(_))));
         assert!(matches!(HostPattern::parse("10.1.2.3"), Err(HostError::IpAddress(_))));
-        assert!(matches!(HostPattern::parse("under_score.com"), Err(HostError::Invalid(_))));
+        assert!(matches!(
+            HostPattern::parse("under_score.com"),
+            Err(HostError::Invalid(_))
+        ));
         assert!(matches!(HostPattern::parse("-lead.com"), Err(HostError::Invalid(_))));
         assert!(matches!(HostPattern::parse("a..b"), Err(HostError::Invalid(_))));
         assert!(HostPattern::parse(&"a".repeat(64)).is_err());

@@ -50,7 +50,11 @@ pub fn normalize_rule_path(path: &str, path_type: PathType) -> String {
     match path_type {
         PathType::Prefix => {
             let trimmed = path.trim_end_matches('/');
-            if trimmed.is_empty() { "/".to_string() } else { trimmed.to_string() }
+            if trimmed.is_empty() {
+                "/".to_string()
+            } else {
+                trimmed.to_string()
+            }
         }
         PathType::Exact | PathType::ImplementationSpecific => path.to_string(),
     }
@@ -123,7 +127,10 @@ impl<T> PathTable<T> {
         match path_type {
             PathType::Exact => self.exact.contains_key(&key),
             PathType::Prefix => self.prefixes.get(&key).is_some_and(|s| s.prefix.is_some()),
-            PathType::ImplementationSpecific => self.prefixes.get(&key).is_some_and(|s| s.implementation_specific.is_some()),
+            PathType::ImplementationSpecific => self
+                .prefixes
+                .get(&key)
+                .is_some_and(|s| s.implementation_specific.is_some()),
         }
     }
 
@@ -206,7 +213,8 @@ mod tests {
     #[test]
     fn kubernetes_documentation_examples() {
         use PathType::*;
-        let cases: &[(&[(&str, PathType)], &str, bool)] = &[
+        type Case<'a> = (&'a [(&'a str, PathType)], &'a str, bool);
+        let cases: &[Case<'_>] = &[
             (&[("/", Prefix)], "/", true),
             (&[("/", Prefix)], "/anything", true),
             (&[("/foo", Exact)], "/foo", true),
@@ -229,7 +237,11 @@ mod tests {
         ];
         for (paths, request, matches) in cases {
             let t = table(paths);
-            assert_eq!(t.lookup(request).is_some(), *matches, "paths {paths:?} request {request}");
+            assert_eq!(
+                t.lookup(request).is_some(),
+                *matches,
+                "paths {paths:?} request {request}"
+            );
         }
         // "/aaa/ccc" with "/" and "/aaa" picks "/aaa" (longest).
         let t = table(&[("/", Prefix), ("/aaa", Prefix)]);
@@ -261,7 +273,12 @@ mod tests {
     #[test]
     fn longest_wins_across_types() {
         use PathType::*;
-        let t = table(&[("/a", Exact), ("/a/b", Prefix), ("/a/b/c", ImplementationSpecific), ("/", Prefix)]);
+        let t = table(&[
+            ("/a", Exact),
+            ("/a/b", Prefix),
+            ("/a/b/c", ImplementationSpecific),
+            ("/", Prefix),
+        ]);
         assert_eq!(hit(&t, "/a").as_deref(), Some("Exact:/a"));
         assert_eq!(hit(&t, "/a/b").as_deref(), Some("Prefix:/a/b"));
         assert_eq!(hit(&t, "/a/b/cd").as_deref(), Some("ImplementationSpecific:/a/b/c"));

@@ -56,18 +56,13 @@ mod tests {
 
     #[test]
     fn statuses_follow_the_error_source() {
-        let up = |t| {
-            let mut e = Error::new(t);
-            e.set_esource(ErrorSource::Upstream);
-            e
-        };
+        let up = Error::new_up;
         assert_eq!(status_for(&up(ErrorType::ConnectTimedout)), 504);
         assert_eq!(status_for(&up(ErrorType::ReadTimedout)), 504);
         assert_eq!(status_for(&up(ErrorType::ConnectRefused)), 502);
         assert_eq!(status_for(&Error::new(ErrorType::HTTPStatus(413))), 413);
-        let mut down = Error::new(ErrorType::ConnectionClosed);
-        down.set_esource(ErrorSource::Downstream);
-        assert_eq!(status_for(&down), 0);
+        assert_eq!(status_for(&Error::new_down(ErrorType::ConnectionClosed)), 0);
+        assert_eq!(status_for(&Error::new_down(ErrorType::InvalidHTTPHeader)), 400);
     }
 
     #[test]

@@ -259,10 +259,8 @@ impl ProxyHttp for Gateway {
         upstream.insert_header("x-forwarded-proto", scheme)?;
         upstream.insert_header("x-forwarded-scheme", scheme)?;
         upstream.insert_header("x-scheme", scheme)?;
-        if let Some(xff) = original_xff {
-            if let Ok(v) = HeaderValue::from_str(&xff) {
-                upstream.insert_header("x-original-forwarded-for", v)?;
-            }
+        if let Some(v) = original_xff.and_then(|xff| HeaderValue::from_str(&xff).ok()) {
+            upstream.insert_header("x-original-forwarded-for", v)?;
         }
         Ok(())
     }

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pingora_core::apps::ServerApp;
-use pingora_core::protocols::{GetSocketDigest, SocketDigest};
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::{GetSocketDigest, SocketDigest};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 

@@ -19,7 +19,7 @@ use serde_json::Value;
 /// One decoded object of a kind kingress reads.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
-    IngressClass(IngressClass),
+    IngressClass(Box<IngressClass>),
     Ingress(Box<Ingress>),
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
@@ -106,7 +106,10 @@ fn decode_value(path: &str, index: usize, doc: Value, out: &mut Decoded, depth: 
                 path,
                 None,
                 None,
-                format!("document {} is not a Kubernetes object (not a mapping); ignored", index + 1),
+                format!(
+                    "document {} is not a Kubernetes object (not a mapping); ignored",
+                    index + 1
+                ),
             ));
         }
         return;
@@ -115,7 +118,8 @@ fn decode_value(path: &str, index: usize, doc: Value, out: &mut Decoded, depth: 
     let kind = map.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
     if kind.ends_with("List") && map.get("items").is_some_and(Value::is_array) {
         if depth > 2 {
-            out.diagnostics.push(Diagnostic::file(path, None, None, "Lists nested too deep; ignored"));
+            out.diagnostics
+                .push(Diagnostic::file(path, None, None, "Lists nested too deep; ignored"));
             return;
         }
         if let Some(Value::Array(items)) = map.get("items").cloned() {
@@ -146,7 +150,11 @@ fn decode_value(path: &str, index: usize, doc: Value, out: &mut Decoded, depth: 
         return;
     }
     let obj_ref = |kind: &str, namespaced: bool| {
-        ObjectRef::new(kind, if namespaced { namespace.clone() } else { String::new() }, name.clone())
+        ObjectRef::new(
+            kind,
+            if namespaced { namespace.clone() } else { String::new() },
+            name.clone(),
+        )
     };
     let expected = match kind.as_str() {
         "Ingress" => "networking.k8s.io/v1",
@@ -170,7 +178,7 @@ fn decode_value(path: &str, index: usize, doc: Value, out: &mut Decoded, depth: 
     }
     let result = match kind.as_str() {
         "Ingress" => serde_json::from_value(doc).map(|o| Object::Ingress(Box::new(o))),
-        "IngressClass" => serde_json::from_value(doc).map(Object::IngressClass),
+        "IngressClass" => serde_json::from_value(doc).map(|o| Object::IngressClass(Box::new(o))),
         "Service" => serde_json::from_value(doc).map(|o| Object::Service(Box::new(o))),
         "EndpointSlice" => serde_json::from_value(doc).map(|o| Object::EndpointSlice(Box::new(o))),
         _ => serde_json::from_value(doc).map(|o| Object::Secret(Box::new(o))),
@@ -186,7 +194,9 @@ fn decode_value(path: &str, index: usize, doc: Value, out: &mut Decoded, depth: 
 
 fn set_default_namespace(doc: &mut Value) {
     let Some(map) = doc.as_object_mut() else { return };
-    let meta = map.entry("metadata").or_insert_with(|| Value::Object(Default::default()));
+    let meta = map
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Default::default()));
     if let Some(meta) = meta.as_object_mut() {
         let missing = meta.get("namespace").and_then(Value::as_str).is_none_or(str::is_empty);
         if missing {
@@ -229,7 +239,10 @@ items:
         let d = decode_file("x.yaml", text, false).unwrap();
         assert!(d.diagnostics.is_empty(), "{:?}", d.diagnostics);
         let refs: Vec<String> = d.objects.iter().map(|o| o.object_ref().to_string()).collect();
-        assert_eq!(refs, vec!["Service default/web", "Ingress prod/a", "EndpointSlice default/web-1"]);
+        assert_eq!(
+            refs,
+            vec!["Service default/web", "Ingress prod/a", "EndpointSlice default/web-1"]
+        );
     }
 
     #[test]
@@ -238,9 +251,16 @@ items:
         let err = decode_file("bad.yaml", text, false).unwrap_err();
         let s = err.0.to_string();
         assert!(s.starts_with("bad.yaml:"), "{s}");
-        assert!(matches!(err.0.subject, kingress_model::Subject::File { line: Some(_), .. }), "{s}");
+        assert!(
+            matches!(err.0.subject, kingress_model::Subject::File { line: Some(_), .. }),
+            "{s}"
+        );
         let err = decode_file("bad.json", "{\n  \"kind\": \n}", true).unwrap_err();
-        assert!(err.0.to_string().starts_with("bad.json:3:1: does not parse as JSON"), "{}", err.0);
+        assert!(
+            err.0.to_string().starts_with("bad.json:3:1: does not parse as JSON"),
+            "{}",
+            err.0
+        );
     }
 
     #[test]
@@ -267,7 +287,10 @@ just a string
         assert_eq!(d.objects.len(), 1);
         let diags: Vec<String> = d.diagnostics.iter().map(ToString::to_string).collect();
         assert!(diags[0].starts_with("Service ns1/bad: invalid, skipped:"), "{diags:?}");
-        assert!(diags[1].starts_with("Ingress default/old: apiVersion \"extensions/v1beta1\""), "{diags:?}");
+        assert!(
+            diags[1].starts_with("Ingress default/old: apiVersion \"extensions/v1beta1\""),
+            "{diags:?}"
+        );
         assert!(diags[2].contains("not a Kubernetes object"), "{diags:?}");
     }
 

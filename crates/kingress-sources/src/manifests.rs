@@ -135,7 +135,7 @@ impl ManifestFolder {
                     continue;
                 }
                 match obj.clone() {
-                    Object::IngressClass(o) => snapshot.ingress_classes.push(o),
+                    Object::IngressClass(o) => snapshot.ingress_classes.push(*o),
                     Object::Ingress(o) => snapshot.ingresses.push(*o),
                     Object::Service(o) => snapshot.services.push(*o),
                     Object::EndpointSlice(o) => snapshot.endpoint_slices.push(*o),
@@ -156,19 +156,33 @@ fn is_manifest(path: &Path) -> bool {
         .file_name()
         .and_then(|n| n.to_str())
         .is_some_and(|n| n.starts_with('.') || n.ends_with('~'));
-    !hidden && path.extension().is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+    !hidden
+        && path
+            .extension()
+            .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>, diagnostics: &mut Vec<Diagnostic>, visited: &mut HashSet<PathBuf>, depth: usize) {
+fn walk(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    diagnostics: &mut Vec<Diagnostic>,
+    visited: &mut HashSet<PathBuf>,
+    depth: usize,
+) {
     if depth > 32 {
-        diagnostics.push(Diagnostic::file(dir.display().to_string(), None, None, "folders nested too deep; not read"));
+        diagnostics.push(Diagnostic::file(
+            dir.display().to_string(),
+            None,
+            None,
+            "folders nested too deep; not read",
+        ));
         return;
     }
     // Symlinked folders are followed once (loops are cut by the canonical path).
-    if let Ok(canonical) = dir.canonicalize() {
-        if !visited.insert(canonical) {
-            return;
-        }
+    if let Ok(canonical) = dir.canonicalize()
+        && !visited.insert(canonical)
+    {
+        return;
     }
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -185,7 +199,10 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>, diagnostics: &mut Vec<Diagnostic>, v
     for entry in entries.flatten() {
         let path = entry.path();
         let is_dir = std::fs::metadata(&path).map(|m| m.is_dir()).unwrap_or(false);
-        let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
         if is_dir {
             if !hidden {
                 walk(&path, out, diagnostics, visited, depth + 1);
@@ -238,10 +255,10 @@ impl FolderWatcher {
         let (tx, rx) = mpsc::channel::<Option<notify::Event>>();
         let event_tx = tx.clone();
         let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-            if let Ok(ev) = ev {
-                if !matches!(ev.kind, notify::EventKind::Access(_)) {
-                    let _ = event_tx.send(Some(ev));
-                }
+            if let Ok(ev) = ev
+                && !matches!(ev.kind, notify::EventKind::Access(_))
+            {
+                let _ = event_tx.send(Some(ev));
             }
         })
         .map_err(|source| WatchError::Watch {
@@ -351,7 +368,11 @@ mod tests {
         let port = scan.snapshot.services[0].spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port;
         assert_eq!(port, 80);
         assert_eq!(scan.diagnostics.len(), 1);
-        assert!(scan.diagnostics[0].to_string().starts_with("Service default/web: defined again in"));
+        assert!(
+            scan.diagnostics[0]
+                .to_string()
+                .starts_with("Service default/web: defined again in")
+        );
     }
 
     #[test]

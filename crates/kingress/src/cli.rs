@@ -11,7 +11,11 @@ use kingress_proxy::ProxySettings;
 use crate::logging::LogFormat;
 
 #[derive(Debug, Parser)]
-#[command(name = "kingress", version, about = "A userspace L4/L7 proxy that is a drop-in Kubernetes ingress controller")]
+#[command(
+    name = "kingress",
+    version,
+    about = "A userspace L4/L7 proxy that is a drop-in Kubernetes ingress controller"
+)]
 pub struct Cli {
     /// Log format: human-readable text or one JSON object per line.
     #[arg(long, global = true, value_enum, default_value = "text", env = "KINGRESS_LOG_FORMAT")]
@@ -68,7 +72,11 @@ pub struct ClassArgs {
     #[arg(long, default_value = "kingress", env = "KINGRESS_INGRESS_CLASS")]
     pub ingress_class: String,
     /// The spec.controller value of IngressClasses this controller serves.
-    #[arg(long, default_value = "kingress.dev/ingress-controller", env = "KINGRESS_CONTROLLER_CLASS")]
+    #[arg(
+        long,
+        default_value = "kingress.dev/ingress-controller",
+        env = "KINGRESS_CONTROLLER_CLASS"
+    )]
     pub controller_class: String,
     /// Also serve Ingresses that name no class at all.
     #[arg(long, env = "KINGRESS_WATCH_INGRESS_WITHOUT_CLASS")]

@@ -16,8 +16,14 @@ use crate::gateway::{GatewayHandle, GatewayOptions};
 
 /// The quickstart manifests, as shipped in examples/quickstart.
 pub const QUICKSTART: &[(&str, &str)] = &[
-    ("quickstart.yaml", include_str!("../../../examples/quickstart/quickstart.yaml")),
-    ("services.yaml", include_str!("../../../examples/quickstart/services.yaml")),
+    (
+        "quickstart.yaml",
+        include_str!("../../../examples/quickstart/quickstart.yaml"),
+    ),
+    (
+        "services.yaml",
+        include_str!("../../../examples/quickstart/services.yaml"),
+    ),
 ];
 
 /// A running demo: the gateway, its backends and its manifest folder.
@@ -90,7 +96,7 @@ async fn materialize(folder: &Path) -> anyhow::Result<Vec<EchoHandle>> {
                     }
                     serde_json::to_value(&*slice)?
                 }
-                Object::IngressClass(o) => serde_json::to_value(&o)?,
+                Object::IngressClass(o) => serde_json::to_value(&*o)?,
                 Object::Ingress(o) => serde_json::to_value(&*o)?,
                 Object::Service(o) => serde_json::to_value(&*o)?,
                 Object::Secret(o) => serde_json::to_value(&*o)?,
@@ -99,7 +105,8 @@ async fn materialize(folder: &Path) -> anyhow::Result<Vec<EchoHandle>> {
         }
         let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": docs});
         let out = folder.join(Path::new(file).with_extension("json"));
-        std::fs::write(&out, serde_json::to_vec_pretty(&list)?).with_context(|| format!("writing {}", out.display()))?;
+        std::fs::write(&out, serde_json::to_vec_pretty(&list)?)
+            .with_context(|| format!("writing {}", out.display()))?;
     }
     Ok(backends)
 }

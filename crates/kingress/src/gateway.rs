@@ -74,7 +74,11 @@ pub async fn start(options: GatewayOptions, http: TcpListener, admin: TcpListene
     let (admin_shutdown, admin_shutdown_rx) = watch::channel(false);
 
     // Admin first, so /healthz answers while the first scan runs.
-    let admin_task = tokio::spawn(crate::admin::serve(admin, controller.clone(), wait_for(admin_shutdown_rx)));
+    let admin_task = tokio::spawn(crate::admin::serve(
+        admin,
+        controller.clone(),
+        wait_for(admin_shutdown_rx),
+    ));
     let mut tasks = Vec::new();
 
     let mut folder = ManifestFolder::new(options.manifests.clone());
@@ -91,7 +95,12 @@ pub async fn start(options: GatewayOptions, http: TcpListener, admin: TcpListene
 
     let app = kingress_proxy::build_proxy(tables.clone(), options.proxy.clone());
     let grace = options.proxy.shutdown_grace;
-    tasks.push(tokio::spawn(kingress_proxy::serve(http, app, wait_for(shutdown_rx), grace)));
+    tasks.push(tokio::spawn(kingress_proxy::serve(
+        http,
+        app,
+        wait_for(shutdown_rx),
+        grace,
+    )));
     tracing::info!(http = %http_addr, admin = %admin_addr, manifests = %options.manifests.display(), "kingress is serving");
     Ok(GatewayHandle {
         http_addr,

@@ -16,18 +16,40 @@ fn name_of(v: &serde_json::Value) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_and_path_precedence() {
-    let (exact, wild, any, api, impls, ex) =
-        (echo("exact").await, echo("wild").await, echo("any").await, echo("api").await, echo("impl").await, echo("ex").await);
+    let (exact, wild, any, api, impls, ex) = (
+        echo("exact").await,
+        echo("wild").await,
+        echo("any").await,
+        echo("api").await,
+        echo("impl").await,
+        echo("ex").await,
+    );
     let files = vec![
-        ("svc.yaml", [
-            service_yaml("exact", &[exact.addr().port()]),
-            service_yaml("wild", &[wild.addr().port()]),
-            service_yaml("any", &[any.addr().port()]),
-            service_yaml("api", &[api.addr().port()]),
-            service_yaml("impl", &[impls.addr().port()]),
-            service_yaml("ex", &[ex.addr().port()]),
-        ].join("---\n")),
-        ("a.yaml", ingress_yaml("a", "foo.example.com", &[("/", "Prefix", "exact"), ("/api", "Prefix", "api"), ("/api", "Exact", "ex"), ("/files", "ImplementationSpecific", "impl")])),
+        (
+            "svc.yaml",
+            [
+                service_yaml("exact", &[exact.addr().port()]),
+                service_yaml("wild", &[wild.addr().port()]),
+                service_yaml("any", &[any.addr().port()]),
+                service_yaml("api", &[api.addr().port()]),
+                service_yaml("impl", &[impls.addr().port()]),
+                service_yaml("ex", &[ex.addr().port()]),
+            ]
+            .join("---\n"),
+        ),
+        (
+            "a.yaml",
+            ingress_yaml(
+                "a",
+                "foo.example.com",
+                &[
+                    ("/", "Prefix", "exact"),
+                    ("/api", "Prefix", "api"),
+                    ("/api", "Exact", "ex"),
+                    ("/files", "ImplementationSpecific", "impl"),
+                ],
+            ),
+        ),
         ("b.yaml", ingress_yaml("b", "*.example.com", &[("/", "Prefix", "wild")])),
         ("c.yaml", ingress_yaml("c", "", &[("/", "Prefix", "any")])),
     ];
@@ -133,14 +155,29 @@ async fn errors_404_502_503_504_413() {
         l.local_addr().unwrap().port()
     };
     let files = vec![
-        ("svc.yaml", [
-            service_yaml("slow", &[slow.addr().port()]),
-            service_yaml("dead", &[dead]),
-            service_yaml("empty", &[]),
-        ].join("---\n")),
-        ("ing.yaml", [
-            ingress_yaml("a", "e.test", &[("/slow", "Prefix", "slow"), ("/dead", "Prefix", "dead"), ("/empty", "Prefix", "empty"), ("/ghost", "Prefix", "ghost")]),
-        ].join("---\n")),
+        (
+            "svc.yaml",
+            [
+                service_yaml("slow", &[slow.addr().port()]),
+                service_yaml("dead", &[dead]),
+                service_yaml("empty", &[]),
+            ]
+            .join("---\n"),
+        ),
+        (
+            "ing.yaml",
+            [ingress_yaml(
+                "a",
+                "e.test",
+                &[
+                    ("/slow", "Prefix", "slow"),
+                    ("/dead", "Prefix", "dead"),
+                    ("/empty", "Prefix", "empty"),
+                    ("/ghost", "Prefix", "ghost"),
+                ],
+            )]
+            .join("---\n"),
+        ),
     ];
     let settings = ProxySettings {
         read_timeout: Duration::from_millis(300),
@@ -166,9 +203,20 @@ async fn errors_404_502_503_504_413() {
     assert_eq!(resp.headers()["server"], "kingress");
     // Bodies over 1 MiB: 413, by Content-Length and by chunked streaming.
     let big = vec![b'x'; 1024 * 1024 + 1];
-    let resp = env.client.post(env.url("/slow")).header("host", "e.test").body(big.clone()).send().await.unwrap();
+    let resp = env
+        .client
+        .post(env.url("/slow"))
+        .header("host", "e.test")
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 413);
-    let stream = futures::stream::iter(big.chunks(64 * 1024).map(|c| Ok::<_, std::io::Error>(c.to_vec())).collect::<Vec<_>>());
+    let stream = futures::stream::iter(
+        big.chunks(64 * 1024)
+            .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+            .collect::<Vec<_>>(),
+    );
     let resp = env
         .client
         .post(env.url("/slow"))
@@ -182,7 +230,14 @@ async fn errors_404_502_503_504_413() {
     }
     // Exactly the limit is fine.
     let ok = vec![b'x'; 1024 * 1024];
-    let resp = env.client.post(env.url("/slow")).header("host", "e.test").body(ok).send().await.unwrap();
+    let resp = env
+        .client
+        .post(env.url("/slow"))
+        .header("host", "e.test")
+        .body(ok)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["body_length"], 1024 * 1024);
@@ -221,13 +276,19 @@ async fn keepalive_downstream_and_pooled_upstream() {
     let mut s = tokio::net::TcpStream::connect(env.gateway.http_addr).await.unwrap();
     let mut upstream_ports = std::collections::HashSet::new();
     for i in 0..5 {
-        s.write_all(format!("GET /{i} HTTP/1.1\r\nHost: k.test\r\n\r\n").as_bytes()).await.unwrap();
+        s.write_all(format!("GET /{i} HTTP/1.1\r\nHost: k.test\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
         let r = read_response(&mut s).await;
         assert_eq!(r.status, 200, "request {i} on the same client connection");
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         upstream_ports.insert(v["remote_addr"].as_str().unwrap().to_string());
     }
-    assert_eq!(upstream_ports.len(), 1, "one pooled upstream connection served all: {upstream_ports:?}");
+    assert_eq!(
+        upstream_ports.len(),
+        1,
+        "one pooled upstream connection served all: {upstream_ports:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,7 +309,9 @@ async fn chunked_and_large_bodies_stream_both_ways() {
     let (mut rd, mut wr) = tcp.into_split();
     let sent = chunk.clone();
     let writer = tokio::spawn(async move {
-        wr.write_all(b"POST /up HTTP/1.1\r\nHost: big.test\r\nTransfer-Encoding: chunked\r\n\r\n").await.unwrap();
+        wr.write_all(b"POST /up HTTP/1.1\r\nHost: big.test\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
         for _ in 0..128 {
             wr.write_all(format!("{:x}\r\n", sent.len()).as_bytes()).await.unwrap();
             wr.write_all(&sent).await.unwrap();
@@ -268,7 +331,11 @@ async fn chunked_and_large_bodies_stream_both_ways() {
     let (mut rd, mut wr) = tcp.into_split();
     let sent = chunk.clone();
     let writer = tokio::spawn(async move {
-        wr.write_all(b"POST /duplex HTTP/1.1\r\nHost: big.test\r\nx-echo-mode: body\r\nContent-Length: 1048576\r\n\r\n").await.unwrap();
+        wr.write_all(
+            b"POST /duplex HTTP/1.1\r\nHost: big.test\r\nx-echo-mode: body\r\nContent-Length: 1048576\r\n\r\n",
+        )
+        .await
+        .unwrap();
         for _ in 0..4 {
             wr.write_all(&sent).await.unwrap();
         }
@@ -315,7 +382,9 @@ async fn expect_100_continue() {
     ];
     let env = start(&files, ProxySettings::default()).await;
     let mut s = tokio::net::TcpStream::connect(env.gateway.http_addr).await.unwrap();
-    s.write_all(b"PUT /x HTTP/1.1\r\nHost: c.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n").await.unwrap();
+    s.write_all(b"PUT /x HTTP/1.1\r\nHost: c.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .await
+        .unwrap();
     let interim = read_response(&mut s).await;
     assert_eq!(interim.status, 100, "{}", interim.head);
     s.write_all(b"hello").await.unwrap();
@@ -343,7 +412,8 @@ async fn websocket_is_tunnelled_both_ways() {
     ];
     let env = start(&files, ProxySettings::default()).await;
     let tcp = tokio::net::TcpStream::connect(env.gateway.http_addr).await.unwrap();
-    let request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request("ws://ws.test/chat").unwrap();
+    let request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request("ws://ws.test/chat").unwrap();
     let (mut ws, resp) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
     assert_eq!(resp.status(), 101);
     for i in 0..10 {
@@ -352,7 +422,10 @@ async fn websocket_is_tunnelled_both_ways() {
         assert_eq!(m, Message::Text(format!("hello {i}").into()));
     }
     ws.send(Message::Binary(vec![0u8, 1, 2, 255].into())).await.unwrap();
-    assert_eq!(ws.next().await.unwrap().unwrap(), Message::Binary(vec![0u8, 1, 2, 255].into()));
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::Binary(vec![0u8, 1, 2, 255].into())
+    );
     ws.close(None).await.unwrap();
 }
 
@@ -364,7 +437,10 @@ async fn missing_service_answers_503_then_serves_when_it_appears() {
     assert_eq!(env.get("late.test", "/").await.0, 503);
     let cfg = env.debug_config().await;
     let diags = cfg["diagnostics"].to_string();
-    assert!(diags.contains("Ingress default/i: service \\\"late\\\" not found"), "{diags}");
+    assert!(
+        diags.contains("Ingress default/i: service \\\"late\\\" not found"),
+        "{diags}"
+    );
     write_atomic(&env.file("svc.yaml"), &service_yaml("late", &[backend.addr().port()]));
     env.wait_status("late.test", "/", 200).await;
     assert_eq!(name_of(&env.echo_json("late.test", "/").await), "late");
@@ -378,12 +454,18 @@ async fn bad_files_and_objects_never_take_down_the_rest() {
     let files = vec![
         ("svc.yaml", service_yaml("b", &[backend.addr().port()])),
         ("good.yaml", ingress_yaml("good", "good.test", &[("/", "Prefix", "b")])),
-        ("other.yaml", ingress_yaml("other", "other.test", &[("/", "Prefix", "b")])),
+        (
+            "other.yaml",
+            ingress_yaml("other", "other.test", &[("/", "Prefix", "b")]),
+        ),
     ];
     let env = start(&files, ProxySettings::default()).await;
     assert_eq!(env.get("other.test", "/").await.0, 200);
     // A file that stops parsing keeps its last good version.
-    write_atomic(&env.file("other.yaml"), "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: [oops\n");
+    write_atomic(
+        &env.file("other.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: [oops\n",
+    );
     poll_until(WAIT, "the parse error to be reported", || async {
         let cfg = env.debug_config().await;
         let d = cfg["diagnostics"].to_string();
@@ -397,7 +479,8 @@ async fn bad_files_and_objects_never_take_down_the_rest() {
     write_atomic(&env.file("bad.yaml"), &format!("{bad}---\n{port_text}"));
     poll_until(WAIT, "the invalid objects to be reported", || async {
         let d = env.debug_config().await["diagnostics"].to_string();
-        (d.contains("Ingress default/bad: invalid, skipped") && d.contains("Ingress default/typo: invalid, skipped")).then_some(())
+        (d.contains("Ingress default/bad: invalid, skipped") && d.contains("Ingress default/typo: invalid, skipped"))
+            .then_some(())
     })
     .await;
     assert_eq!(env.get("good.test", "/").await.0, 200);
@@ -405,7 +488,10 @@ async fn bad_files_and_objects_never_take_down_the_rest() {
     // Garbage of every kind: still serving.
     write_atomic(&env.file("junk.yaml"), "\u{0}\u{1}{{{{[[[[");
     write_atomic(&env.file("junk.json"), "{\"kind\": 5, \"items\": [1,2,3]}");
-    write_atomic(&env.file("list.yaml"), "apiVersion: v1\nkind: List\nitems: [1, {kind: Service}, {apiVersion: v1, kind: Service, metadata: {name: x}, spec: {ports: [{port: -1}]}}]\n");
+    write_atomic(
+        &env.file("list.yaml"),
+        "apiVersion: v1\nkind: List\nitems: [1, {kind: Service}, {apiVersion: v1, kind: Service, metadata: {name: x}, spec: {ports: [{port: -1}]}}]\n",
+    );
     poll_until(WAIT, "junk to be seen", || async {
         let d = env.debug_config().await["diagnostics"].to_string();
         (d.contains("junk.yaml") && d.contains("Service default/x")).then_some(())
@@ -420,7 +506,14 @@ async fn bad_files_and_objects_never_take_down_the_rest() {
 async fn live_reload_drops_no_request() {
     let (a, b) = (echo("a").await, echo("b").await);
     let files = vec![
-        ("svc.yaml", [service_yaml("a", &[a.addr().port()]), service_yaml("b", &[b.addr().port()])].join("---\n")),
+        (
+            "svc.yaml",
+            [
+                service_yaml("a", &[a.addr().port()]),
+                service_yaml("b", &[b.addr().port()]),
+            ]
+            .join("---\n"),
+        ),
         ("ing.yaml", ingress_yaml("i", "live.test", &[("/", "Prefix", "a")])),
     ];
     let env = start(&files, ProxySettings::default()).await;
@@ -434,7 +527,12 @@ async fn live_reload_drops_no_request() {
         loops.push(tokio::spawn(async move {
             let (mut ok, mut failed) = (0u32, Vec::new());
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match client.get(format!("http://{addr}/")).header("host", "live.test").send().await {
+                match client
+                    .get(format!("http://{addr}/"))
+                    .header("host", "live.test")
+                    .send()
+                    .await
+                {
                     Ok(r) if r.status() == 200 => ok += 1,
                     Ok(r) => failed.push(r.status().to_string()),
                     Err(e) => failed.push(e.to_string()),
@@ -450,7 +548,11 @@ async fn live_reload_drops_no_request() {
         let extra = format!("extra{i}.test");
         write_atomic(
             &env.file("ing.yaml"),
-            &[ingress_yaml("i", "live.test", &[("/", "Prefix", target)]), ingress_yaml("x", &extra, &[("/", "Prefix", "a")])].join("---\n"),
+            &[
+                ingress_yaml("i", "live.test", &[("/", "Prefix", target)]),
+                ingress_yaml("x", &extra, &[("/", "Prefix", "a")]),
+            ]
+            .join("---\n"),
         );
         env.wait_status(&extra, "/", 200).await;
         let v = env.echo_json("live.test", "/").await;
@@ -467,7 +569,11 @@ async fn live_reload_drops_no_request() {
 }
 
 /// A one-shot HTTP backend that tells when a request arrived and answers only when told.
-async fn held_backend() -> (u16, tokio::sync::oneshot::Receiver<()>, tokio::sync::oneshot::Sender<()>) {
+async fn held_backend() -> (
+    u16,
+    tokio::sync::oneshot::Receiver<()>,
+    tokio::sync::oneshot::Sender<()>,
+) {
     use tokio::io::AsyncReadExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -484,7 +590,9 @@ async fn held_backend() -> (u16, tokio::sync::oneshot::Receiver<()>, tokio::sync
         }
         let _ = arrived_tx.send(());
         let _ = go_rx.await;
-        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone").await.unwrap();
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
+            .await
+            .unwrap();
         let _ = s.shutdown().await;
     });
     (port, arrived_rx, go_tx)
@@ -522,7 +630,10 @@ async fn readiness_and_graceful_shutdown() {
         (r.status() == 503).then_some(())
     })
     .await;
-    poll_until(WAIT, "the listener to close", || async { tokio::net::TcpStream::connect(addr).await.is_err().then_some(()) }).await;
+    poll_until(WAIT, "the listener to close", || async {
+        tokio::net::TcpStream::connect(addr).await.is_err().then_some(())
+    })
+    .await;
     go.send(()).unwrap();
     assert_eq!(in_flight.await.unwrap(), (200, "done".to_string()));
     shutdown.await.unwrap();

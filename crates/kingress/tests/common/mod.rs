@@ -34,7 +34,13 @@ impl Env {
 
     /// GET `path` with a Host header; returns (status, body).
     pub async fn get(&self, host: &str, path: &str) -> (u16, String) {
-        let resp = self.client.get(self.url(path)).header("host", host).send().await.unwrap();
+        let resp = self
+            .client
+            .get(self.url(path))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
         let status = resp.status().as_u16();
         (status, resp.text().await.unwrap())
     }
@@ -55,7 +61,14 @@ impl Env {
     }
 
     pub async fn debug_config(&self) -> serde_json::Value {
-        self.client.get(self.admin("/debug/config")).send().await.unwrap().json().await.unwrap()
+        self.client
+            .get(self.admin("/debug/config"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 }
 
