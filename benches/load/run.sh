@@ -240,6 +240,8 @@ run_wrk() {
     local name=$1 url=$2; shift 2
     local proxy_pids=("$@")
     log "wrk: $name ($url)"
+    # Anything else busy on the machine skews the figures: show it.
+    echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
     local cmd=(wrk "-t$THREADS" "-c$CONNECTIONS" "-d$DURATION" --latency -H 'Host: bench.local' "$url")
     printf '$'; printf ' %q' "${cmd[@]}"; printf '\n'
     local p0 e0 p1 e1 out
@@ -287,7 +289,7 @@ if [ "$SKIP_RELOAD" = 0 ]; then
     echo "$RELOAD_OUT"
 fi
 
-log "summary ($(nproc) cores, wrk -t$THREADS -c$CONNECTIONS -d$DURATION)"
+log "summary ($(nproc) cores, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, load average now $(cut -d' ' -f1-3 /proc/loadavg))"
 cat "$RESULTS"
 if [ -n "$RELOAD_OUT" ]; then echo "$RELOAD_OUT"; fi
 echo "logs: $WORK"
