@@ -94,6 +94,18 @@ pub struct RunArgs {
     pub class: ClassArgs,
     #[command(flatten)]
     pub proxy: ProxyArgs,
+    /// Threads that serve proxied connections (0: one per CPU).
+    #[arg(long, default_value_t = 0, env = "KINGRESS_WORKER_THREADS")]
+    pub worker_threads: usize,
+}
+
+/// `--worker-threads`, with 0 meaning one per CPU.
+pub fn worker_threads(requested: usize) -> usize {
+    if requested > 0 {
+        requested
+    } else {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    }
 }
 
 #[derive(Debug, Args)]

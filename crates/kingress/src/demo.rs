@@ -116,6 +116,7 @@ pub async fn start(
     http: tokio::net::TcpListener,
     admin: tokio::net::TcpListener,
     folder: PathBuf,
+    worker_threads: Option<usize>,
 ) -> anyhow::Result<Demo> {
     std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
     let backends = materialize(&folder).await?;
@@ -123,6 +124,7 @@ pub async fn start(
         manifests: folder.clone(),
         compile: kingress_compile::CompileOptions::default(),
         proxy: kingress_proxy::ProxySettings::default(),
+        worker_threads,
     };
     let gateway = crate::gateway::start(options, http, admin).await?;
     Ok(Demo {

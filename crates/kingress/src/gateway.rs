@@ -20,6 +20,9 @@ pub struct GatewayOptions {
     pub manifests: PathBuf,
     pub compile: CompileOptions,
     pub proxy: ProxySettings,
+    /// Single-threaded runtimes that run the proxied connections; `None` runs them on
+    /// the caller's runtime (tests).
+    pub worker_threads: Option<usize>,
 }
 
 /// A running gateway.
@@ -33,6 +36,7 @@ pub struct GatewayHandle {
     admin_shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     admin_task: JoinHandle<()>,
+    workers: kingress_proxy::Workers,
     watcher: Option<FolderWatcher>,
 }
 
@@ -52,6 +56,16 @@ impl GatewayHandle {
         }
         let _ = self.admin_shutdown.send(true);
         let _ = self.admin_task.await;
+        // A runtime cannot be dropped from async code: shut the worker pool down on a
+        // blocking thread.
+        if let kingress_proxy::Workers::Pool(pool) = std::mem::take(&mut self.workers) {
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Ok(pool) = Arc::try_unwrap(pool) {
+                    pool.shutdown_timeout(std::time::Duration::from_secs(1));
+                }
+            })
+            .await;
+        }
     }
 }
 
@@ -95,11 +109,16 @@ pub async fn start(options: GatewayOptions, http: TcpListener, admin: TcpListene
 
     let app = kingress_proxy::build_proxy(tables.clone(), options.proxy.clone());
     let grace = options.proxy.shutdown_grace;
+    let workers = match options.worker_threads {
+        Some(n) => kingress_proxy::Workers::pool(n),
+        None => kingress_proxy::Workers::Current,
+    };
     tasks.push(tokio::spawn(kingress_proxy::serve(
         http,
         app,
         wait_for(shutdown_rx),
         grace,
+        workers.clone(),
     )));
     tracing::info!(http = %http_addr, admin = %admin_addr, manifests = %options.manifests.display(), "kingress is serving");
     Ok(GatewayHandle {
@@ -110,6 +129,7 @@ pub async fn start(options: GatewayOptions, http: TcpListener, admin: TcpListene
         admin_shutdown,
         tasks,
         admin_task,
+        workers,
         watcher: Some(watcher),
     })
 }

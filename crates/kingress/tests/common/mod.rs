@@ -97,6 +97,7 @@ pub async fn start_on(dir: &Path, proxy: ProxySettings) -> GatewayHandle {
         manifests: dir.to_path_buf(),
         compile: CompileOptions::default(),
         proxy,
+        worker_threads: None,
     };
     kingress::gateway::start(options, http, admin).await.unwrap()
 }
