@@ -29,6 +29,36 @@ impl Drop for Proc {
     }
 }
 
+/// Starts the binary with `args` plus free --http-listen/--admin-listen ports and waits
+/// for /readyz. Returns the process and the two ports.
+async fn spawn_ready(args: &[&std::ffi::OsStr], stdout: Stdio) -> (Proc, u16, u16) {
+    let (http, admin) = (free_port(), free_port());
+    let child = Command::new(BIN)
+        .args(args)
+        .args([
+            "--http-listen",
+            &format!("127.0.0.1:{http}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+        ])
+        .stdout(stdout)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let child = Proc(child);
+    let client = client();
+    poll_until(WAIT, "/readyz to answer 200", || async {
+        let r = client
+            .get(format!("http://127.0.0.1:{admin}/readyz"))
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    (child, http, admin)
+}
+
 fn signal(child: &Child, sig: &str) {
     let status = Command::new("kill")
         .args(["-s", sig, &child.id().to_string()])
@@ -113,32 +143,15 @@ async fn run_serves_and_exits_cleanly_on_sigterm_and_sigint() {
         &ingress_yaml("i", "proc.test", &[("/", "Prefix", "proc")]),
     );
     for sig in ["TERM", "INT"] {
-        let (http, admin) = (free_port(), free_port());
-        let child = Command::new(BIN)
-            .args(["run", "--manifests"])
-            .arg(dir.path())
-            .args([
-                "--http-listen",
-                &format!("127.0.0.1:{http}"),
-                "--admin-listen",
-                &format!("127.0.0.1:{admin}"),
-            ])
-            .args(["--log-format", "json"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut child = Proc(child);
+        let args = [
+            "run".as_ref(),
+            "--manifests".as_ref(),
+            dir.path().as_os_str(),
+            "--log-format".as_ref(),
+            "json".as_ref(),
+        ];
+        let (mut child, http, _) = spawn_ready(&args, Stdio::null()).await;
         let client = client();
-        poll_until(WAIT, "/readyz to answer 200", || async {
-            let r = client
-                .get(format!("http://127.0.0.1:{admin}/readyz"))
-                .send()
-                .await
-                .ok()?;
-            (r.status() == 200).then_some(())
-        })
-        .await;
         let r = client
             .get(format!("http://127.0.0.1:{http}/"))
             .header("host", "proc.test")
@@ -156,30 +169,8 @@ async fn run_serves_and_exits_cleanly_on_sigterm_and_sigint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_the_quickstart() {
-    let (http, admin) = (free_port(), free_port());
-    let child = Command::new(BIN)
-        .args([
-            "demo",
-            "--http-listen",
-            &format!("127.0.0.1:{http}"),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin}"),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = Proc(child);
+    let (mut child, http, _) = spawn_ready(&["demo".as_ref()], Stdio::piped()).await;
     let client = client();
-    poll_until(WAIT, "demo /readyz", || async {
-        let r = client
-            .get(format!("http://127.0.0.1:{admin}/readyz"))
-            .send()
-            .await
-            .ok()?;
-        (r.status() == 200).then_some(())
-    })
-    .await;
     let mut names = std::collections::BTreeSet::new();
     for _ in 0..4 {
         let r = client
