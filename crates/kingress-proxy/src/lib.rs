@@ -21,6 +21,6 @@ pub mod settings;
 pub mod state;
 
 pub use http::{Gateway, build_proxy};
-pub use listener::{Workers, serve};
+pub use listener::{WorkerPool, serve};
 pub use settings::ProxySettings;
 pub use state::Tables;

@@ -20,43 +20,106 @@ use pingora_core::protocols::{GetSocketDigest, SocketDigest};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
-/// Where connection tasks run.
-#[derive(Clone, Default)]
-pub enum Workers {
-    /// On the runtime that runs `serve` (tests, small setups).
-    #[default]
-    Current,
-    /// On a pool of single-threaded runtimes, one connection per thread for its whole
-    /// life (pingora's "no-steal" runtime). Under load this avoids the cross-thread
-    /// wake-ups of a work-stealing scheduler, which perf showed as the largest cost of a
-    /// proxied request on a small machine.
-    Pool(Arc<pingora_runtime::Runtime>),
+/// Single-threaded runtimes that run proxied connections, one connection on one thread
+/// for its whole life.
+///
+/// Each worker gets its own proxy application (and so its own upstream connection pool):
+/// a pooled upstream socket is then always reused on the thread whose reactor it is
+/// registered with. perf on a 2-core machine showed cross-thread wake-ups (a work-stealing
+/// scheduler, then a shared upstream pool) as the largest cost of a proxied request.
+pub struct WorkerPool {
+    workers: Vec<Worker>,
 }
 
-impl Workers {
-    /// A pool of `threads` single-threaded runtimes.
-    pub fn pool(threads: usize) -> Self {
-        Workers::Pool(Arc::new(pingora_runtime::Runtime::new_no_steal(
-            threads.max(1),
-            "kingress-worker",
-        )))
+struct Worker {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WorkerPool {
+    /// Starts `threads` workers (at least one).
+    pub fn new(threads: usize) -> std::io::Result<Self> {
+        let mut workers = Vec::new();
+        for i in 0..threads.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let handle = runtime.handle().clone();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let thread = std::thread::Builder::new()
+                .name(format!("kingress-worker-{i}"))
+                .spawn(move || {
+                    runtime.block_on(async {
+                        let _ = stopped.await;
+                    });
+                    // Dropping the runtime here (not in async code) cancels what is left.
+                    runtime.shutdown_timeout(Duration::from_millis(500));
+                })?;
+            workers.push(Worker {
+                handle,
+                stop: Some(stop),
+                thread: Some(thread),
+            });
+        }
+        Ok(Self { workers })
+    }
+
+    pub fn len(&self) -> usize {
+        self.workers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+
+    /// Stops every worker and waits for its thread. Blocking: call it off the async
+    /// runtime (e.g. in `spawn_blocking`).
+    pub fn shutdown(mut self) {
+        for w in &mut self.workers {
+            if let Some(stop) = w.stop.take() {
+                let _ = stop.send(());
+            }
+        }
+        for w in &mut self.workers {
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
     }
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then drains for up to `grace`.
+impl Drop for WorkerPool {
+    fn drop(&mut self) {
+        // Without an explicit shutdown, tell the threads to end; do not block on them.
+        for w in &mut self.workers {
+            if let Some(stop) = w.stop.take() {
+                let _ = stop.send(());
+            }
+        }
+    }
+}
+
+/// Serves on `listener` until `shutdown` completes, then drains for up to `grace`.
+///
+/// Without a pool, connections run on the caller's runtime with `apps[0]`. With a pool,
+/// connections are dealt round-robin to the workers, worker `i` serving with `apps[i]`
+/// (`apps` is reused cyclically if shorter).
 pub async fn serve<A>(
     listener: TcpListener,
-    app: Arc<A>,
+    apps: Vec<Arc<A>>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
-    workers: Workers,
+    pool: Option<Arc<WorkerPool>>,
 ) where
     A: ServerApp + Send + Sync + 'static,
 {
+    if apps.is_empty() {
+        return;
+    }
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let tracker = TaskTracker::new();
     tokio::pin!(shutdown);
     let local = listener.local_addr().ok();
+    let mut next = 0usize;
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -71,13 +134,15 @@ pub async fn serve<A>(
                     }
                 };
                 let _ = tcp.set_nodelay(true);
-                let app = app.clone();
+                let slot = next;
+                next = next.wrapping_add(1);
+                let Some(app) = apps.get(slot % apps.len()).cloned() else { continue };
                 let shutdown_rx = shutdown_rx.clone();
-                match &workers {
-                    Workers::Current => {
+                match pool.as_ref().and_then(|p| p.workers.get(slot % p.workers.len().max(1))) {
+                    None => {
                         tracker.spawn(handle_connection(tcp, peer, app, shutdown_rx));
                     }
-                    Workers::Pool(pool) => {
+                    Some(worker) => {
                         // Re-register the socket with the worker's own reactor, so its
                         // readiness events wake that thread and no other.
                         let Ok(std_tcp) = tcp.into_std() else { continue };
@@ -87,7 +152,7 @@ pub async fn serve<A>(
                                 Err(e) => tracing::debug!(error = %e, "cannot register the connection"),
                             }
                         });
-                        pool.get_handle().spawn(task);
+                        worker.handle.spawn(task);
                     }
                 }
             }
@@ -95,7 +160,9 @@ pub async fn serve<A>(
     }
     drop(listener);
     let _ = shutdown_tx.send(true);
-    app.cleanup().await;
+    for app in &apps {
+        app.cleanup().await;
+    }
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::info!(open = tracker.len(), listener = ?local, "grace period over; closing remaining connections");

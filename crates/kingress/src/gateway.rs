@@ -36,7 +36,7 @@ pub struct GatewayHandle {
     admin_shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     admin_task: JoinHandle<()>,
-    workers: kingress_proxy::Workers,
+    workers: Option<Arc<kingress_proxy::WorkerPool>>,
     watcher: Option<FolderWatcher>,
 }
 
@@ -58,10 +58,10 @@ impl GatewayHandle {
         let _ = self.admin_task.await;
         // A runtime cannot be dropped from async code: shut the worker pool down on a
         // blocking thread.
-        if let kingress_proxy::Workers::Pool(pool) = std::mem::take(&mut self.workers) {
+        if let Some(pool) = self.workers.take() {
             let _ = tokio::task::spawn_blocking(move || {
                 if let Ok(pool) = Arc::try_unwrap(pool) {
-                    pool.shutdown_timeout(std::time::Duration::from_secs(1));
+                    pool.shutdown();
                 }
             })
             .await;
@@ -107,15 +107,20 @@ pub async fn start(options: GatewayOptions, http: TcpListener, admin: TcpListene
         c.apply(scan);
     })?;
 
-    let app = kingress_proxy::build_proxy(tables.clone(), options.proxy.clone());
     let grace = options.proxy.shutdown_grace;
     let workers = match options.worker_threads {
-        Some(n) => kingress_proxy::Workers::pool(n),
-        None => kingress_proxy::Workers::Current,
+        Some(n) => Some(Arc::new(
+            kingress_proxy::WorkerPool::new(n).context("starting worker threads")?,
+        )),
+        None => None,
     };
+    // One proxy application (with its own upstream pool) per worker thread.
+    let apps = (0..workers.as_ref().map_or(1, |p| p.len()))
+        .map(|_| kingress_proxy::build_proxy(tables.clone(), options.proxy.clone()))
+        .collect();
     tasks.push(tokio::spawn(kingress_proxy::serve(
         http,
-        app,
+        apps,
         wait_for(shutdown_rx),
         grace,
         workers.clone(),
