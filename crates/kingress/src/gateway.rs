@@ -48,8 +48,10 @@ impl GatewayHandle {
     /// Graceful stop: /readyz turns 503, listeners close, open connections get the
     /// proxy's grace period to finish.
     pub async fn shutdown(mut self) {
-        self.controller.tables().set_ready(false);
+        // Stop the watcher first (it joins its thread), so no late scan can mark the
+        // gateway ready again while it drains.
         drop(self.watcher.take());
+        self.controller.tables().set_ready(false);
         let _ = self.shutdown.send(true);
         for t in self.tasks.drain(..) {
             let _ = t.await;
