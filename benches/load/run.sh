@@ -121,33 +121,25 @@ metadata: {name: echo, namespace: default}
 spec:
   ports:
   - {name: http, port: 80, targetPort: 8080}
+EOF
+for i in 1 2; do
+    port_var=ECHO${i}_PORT
+    cat >>"$MANIFESTS/echo.yaml" <<EOF
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
-  name: echo-e1
+  name: echo-e$i
   namespace: default
   labels: {kubernetes.io/service-name: echo}
 addressType: IPv4
 ports:
-- {name: http, port: $ECHO1_PORT, protocol: TCP}
-endpoints:
-- addresses: [127.0.0.1]
-  conditions: {ready: true}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: echo-e2
-  namespace: default
-  labels: {kubernetes.io/service-name: echo}
-addressType: IPv4
-ports:
-- {name: http, port: $ECHO2_PORT, protocol: TCP}
+- {name: http, port: ${!port_var}, protocol: TCP}
 endpoints:
 - addresses: [127.0.0.1]
   conditions: {ready: true}
 EOF
+done
 cat >"$MANIFESTS/bench.yaml" <<EOF
 apiVersion: networking.k8s.io/v1
 kind: Ingress

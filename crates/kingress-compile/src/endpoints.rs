@@ -22,7 +22,9 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Builds the endpoint table from Services and EndpointSlices.
 pub fn compile_endpoints(snapshot: &Snapshot) -> (EndpointTable, Vec<Diagnostic>) {
     let mut diagnostics = Vec::new();
-    let services = ServiceIndex::build(snapshot, &mut diagnostics);
+    // Invalid Services are reported by compile_routes, which reruns whenever Services
+    // change; here they are only skipped.
+    let services = ServiceIndex::build(snapshot, &mut Vec::new());
 
     // (namespace, service) -> (slice port name, protocol) -> addresses
     type PortAddrs = HashMap<(String, Protocol), Vec<SocketAddr>>;

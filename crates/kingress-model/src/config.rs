@@ -182,15 +182,7 @@ impl ConfigBuilder {
             Some(HostPattern::Exact(h)) => self.config.exact.get(h),
             Some(HostPattern::Wildcard(s)) => self.config.wildcard.get(s),
         }?;
-        if !server.paths.contains(path, path_type) {
-            return None;
-        }
-        server
-            .paths
-            .entries()
-            .into_iter()
-            .find(|(p, t, _)| *t == path_type && *p == crate::path::normalize_rule_path(path, path_type))
-            .map(|(_, _, r)| r)
+        server.paths.get(path, path_type)
     }
 
     /// Sets a server's default backend. `Err(route)` when it already has one.

@@ -121,17 +121,19 @@ impl<T> PathTable<T> {
         Ok(())
     }
 
-    /// Whether a (normalised path, type) is taken.
-    pub fn contains(&self, path: &str, path_type: PathType) -> bool {
+    /// The value stored for a (path, type), after normalisation.
+    pub fn get(&self, path: &str, path_type: PathType) -> Option<&T> {
         let key = normalize_rule_path(path, path_type);
         match path_type {
-            PathType::Exact => self.exact.contains_key(&key),
-            PathType::Prefix => self.prefixes.get(&key).is_some_and(|s| s.prefix.is_some()),
-            PathType::ImplementationSpecific => self
-                .prefixes
-                .get(&key)
-                .is_some_and(|s| s.implementation_specific.is_some()),
+            PathType::Exact => self.exact.get(&key),
+            PathType::Prefix => self.prefixes.get(&key)?.prefix.as_ref(),
+            PathType::ImplementationSpecific => self.prefixes.get(&key)?.implementation_specific.as_ref(),
         }
+    }
+
+    /// Whether a (normalised path, type) is taken.
+    pub fn contains(&self, path: &str, path_type: PathType) -> bool {
+        self.get(path, path_type).is_some()
     }
 
     /// The best path for a request path (without query string).

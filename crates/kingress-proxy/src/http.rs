@@ -54,6 +54,8 @@ impl Gateway {
         Self { tables, settings }
     }
 
+    /// Answers with our error page (headers only for HEAD). `keepalive: false` closes
+    /// the connection after it (the request body was not read, or the exchange failed).
     async fn respond(&self, session: &mut Session, status: u16, keepalive: bool) -> Result<bool> {
         let (header, body) = error_page(status)?;
         if !keepalive {
@@ -280,21 +282,11 @@ impl ProxyHttp for Gateway {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
         let code = status_for(e);
         tracing::debug!(code, error = %e, tried = ?ctx.tried, "request failed");
-        if code > 0 && session.response_written().is_none() {
-            let Ok((header, body)) = error_page(code) else {
-                return FailToProxy {
-                    error_code: code,
-                    can_reuse_downstream: false,
-                };
-            };
-            let body = if session.req_header().method == http::Method::HEAD {
-                Bytes::new()
-            } else {
-                body
-            };
-            if let Err(write_error) = session.as_downstream_mut().write_error_response(header, body).await {
-                tracing::debug!(error = %write_error, "could not send the error page");
-            }
+        if code > 0
+            && session.response_written().is_none()
+            && let Err(write_error) = self.respond(session, code, false).await
+        {
+            tracing::debug!(error = %write_error, "could not send the error page");
         }
         FailToProxy {
             error_code: code,

@@ -26,10 +26,13 @@ impl Tables {
         Arc::new(Self::default())
     }
 
-    pub fn config(&self) -> Arc<Config> {
-        self.config.load_full()
+    /// The current routing table, for a short look: no reference count is taken, the
+    /// request path only needs it during the lookup.
+    pub fn config(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
     }
 
+    /// The current endpoint table, kept by a request to its end (retries pick from it).
     pub fn endpoints(&self) -> Arc<Balanced> {
         self.endpoints.load_full()
     }

@@ -13,6 +13,7 @@
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use kingress_compile::DEFAULT_NAMESPACE;
 use kingress_model::{Diagnostic, ObjectRef};
 use serde_json::Value;
 
@@ -55,9 +56,6 @@ pub struct Decoded {
 /// The file did not parse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError(pub Diagnostic);
-
-/// The namespace given to namespaced objects that name none.
-pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// Decodes a file's text. `path` is only used in diagnostics; `json` picks the parser.
 pub fn decode_file(path: &str, text: &str, json: bool) -> Result<Decoded, ParseError> {

@@ -32,13 +32,6 @@ pub struct Controller {
     diagnostics: Mutex<Vec<Diagnostic>>,
 }
 
-/// What one apply did, for logs and tests.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ApplyOutcome {
-    pub routes_recompiled: bool,
-    pub endpoints_rebuilt: bool,
-}
-
 impl Controller {
     pub fn new(tables: Arc<Tables>, options: CompileOptions) -> Arc<Self> {
         Arc::new(Self {
@@ -58,10 +51,10 @@ impl Controller {
     }
 
     /// Compiles and publishes a scan. Never fails: problems are diagnostics.
-    pub fn apply(&self, scan: Scan) -> ApplyOutcome {
+    pub fn apply(&self, scan: Scan) {
         let started = Instant::now();
         let Ok(mut applied) = self.applied.lock() else {
-            return ApplyOutcome::default();
+            return;
         };
         let new = scan.snapshot;
         let (routes_changed, endpoints_changed) = match &applied.snapshot {
@@ -73,21 +66,18 @@ impl Controller {
                 old.services != new.services || old.endpoint_slices != new.endpoint_slices,
             ),
         };
-        let (config_gen, endpoints_gen) = self.tables.generations();
-        let mut endpoints_gen = endpoints_gen;
-        let mut config_gen = config_gen;
         if endpoints_changed {
             let (table, diags) = compile_endpoints(&new);
-            endpoints_gen = self.tables.publish_endpoints(table);
+            self.tables.publish_endpoints(table);
             applied.endpoint_diagnostics = diags;
         }
         if routes_changed {
             let (config, diags) = compile_routes(&new, &self.options);
-            let routes = config.route_count();
-            config_gen = self.tables.publish_config(config);
+            tracing::debug!(routes = config.route_count(), "routing table compiled");
+            self.tables.publish_config(config);
             applied.route_diagnostics = diags;
-            tracing::debug!(routes, "routing table compiled");
         }
+        let (config_gen, endpoints_gen) = self.tables.generations();
         applied.snapshot = Some(new);
 
         let mut all: BTreeSet<Diagnostic> = scan.diagnostics.into_iter().collect();
@@ -114,9 +104,5 @@ impl Controller {
             "configuration published"
         );
         self.tables.set_ready(true);
-        ApplyOutcome {
-            routes_recompiled: routes_changed,
-            endpoints_rebuilt: endpoints_changed,
-        }
     }
 }

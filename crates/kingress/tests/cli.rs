@@ -59,6 +59,16 @@ async fn spawn_ready(args: &[&std::ffi::OsStr], stdout: Stdio) -> (Proc, u16, u1
     (child, http, admin)
 }
 
+/// GET `path` on 127.0.0.1:`port` with a Host header.
+async fn get(client: &reqwest::Client, port: u16, host: &str, path: &str) -> reqwest::Response {
+    client
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .header("host", host)
+        .send()
+        .await
+        .unwrap()
+}
+
 fn signal(child: &Child, sig: &str) {
     let status = Command::new("kill")
         .args(["-s", sig, &child.id().to_string()])
@@ -152,12 +162,7 @@ async fn run_serves_and_exits_cleanly_on_sigterm_and_sigint() {
         ];
         let (mut child, http, _) = spawn_ready(&args, Stdio::null()).await;
         let client = client();
-        let r = client
-            .get(format!("http://127.0.0.1:{http}/"))
-            .header("host", "proc.test")
-            .send()
-            .await
-            .unwrap();
+        let r = get(&client, http, "proc.test", "/").await;
         assert_eq!(r.status(), 200);
         let v: serde_json::Value = r.json().await.unwrap();
         assert_eq!(v["name"], "proc");
@@ -173,12 +178,7 @@ async fn demo_serves_the_quickstart() {
     let client = client();
     let mut names = std::collections::BTreeSet::new();
     for _ in 0..4 {
-        let r = client
-            .get(format!("http://127.0.0.1:{http}/"))
-            .header("host", "hello.localhost")
-            .send()
-            .await
-            .unwrap();
+        let r = get(&client, http, "hello.localhost", "/").await;
         let v: serde_json::Value = r.json().await.unwrap();
         names.insert(v["name"].as_str().unwrap().to_string());
     }
@@ -187,26 +187,11 @@ async fn demo_serves_the_quickstart() {
         vec!["hello-a", "hello-b"],
         "round-robin over two slices"
     );
-    let r = client
-        .get(format!("http://127.0.0.1:{http}/v1/users"))
-        .header("host", "api.localhost")
-        .send()
-        .await
-        .unwrap();
+    let r = get(&client, http, "api.localhost", "/v1/users").await;
     assert_eq!(r.status(), 200);
-    let r = client
-        .get(format!("http://127.0.0.1:{http}/"))
-        .header("host", "broken.localhost")
-        .send()
-        .await
-        .unwrap();
+    let r = get(&client, http, "broken.localhost", "/").await;
     assert_eq!(r.status(), 503);
-    let r = client
-        .get(format!("http://127.0.0.1:{http}/x"))
-        .header("host", "anything.example")
-        .send()
-        .await
-        .unwrap();
+    let r = get(&client, http, "anything.example", "/x").await;
     assert_eq!(r.status(), 200, "catch-all");
     signal(&child.0, "INT");
     let status = tokio::task::block_in_place(|| wait_exit(&mut child.0, Duration::from_secs(5)));

@@ -77,12 +77,7 @@ async fn host_and_path_precedence() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_contract_matches_ingress_nginx() {
-    let backend = echo("b").await;
-    let files = vec![
-        ("svc.yaml", service_yaml("b", &[backend.addr().port()])),
-        ("ing.yaml", ingress_yaml("i", "h.test", &[("/", "Prefix", "b")])),
-    ];
-    let env = start(&files, ProxySettings::default()).await;
+    let (env, _backend) = start_one("b", "h.test", ProxySettings::default()).await;
     let resp = env
         .client
         .get(env.url("/p?q=1"))
@@ -212,22 +207,29 @@ async fn errors_404_502_503_504_413() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 413);
-    let stream = futures::stream::iter(
-        big.chunks(64 * 1024)
-            .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
-            .collect::<Vec<_>>(),
-    );
-    let resp = env
-        .client
-        .post(env.url("/slow"))
-        .header("host", "e.test")
-        .body(reqwest::Body::wrap_stream(stream))
-        .send()
-        .await;
-    // The proxy answers 413 (or closes while the client is still sending).
-    if let Ok(resp) = resp {
-        assert_eq!(resp.status(), 413);
-    }
+    // Chunked (no length declared): the proxy counts as the body streams and answers
+    // 413 once it passes the limit. The reader runs while the body is still being sent.
+    let tcp = tokio::net::TcpStream::connect(env.gateway.http_addr).await.unwrap();
+    let (mut rd, mut wr) = tcp.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = wr
+            .write_all(b"POST /slow HTTP/1.1\r\nHost: e.test\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await;
+        for chunk in big.chunks(64 * 1024) {
+            // The proxy may stop reading once it has answered: write errors are expected.
+            if wr.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await.is_err()
+                || wr.write_all(chunk).await.is_err()
+                || wr.write_all(b"\r\n").await.is_err()
+            {
+                return;
+            }
+        }
+        let _ = wr.write_all(b"0\r\n\r\n").await;
+    });
+    let mut body = Vec::new();
+    let (status, _) = read_streamed(&mut rd, |d| body.extend_from_slice(d)).await;
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    writer.await.unwrap();
     // Exactly the limit is fine.
     let ok = vec![b'x'; 1024 * 1024];
     let resp = env
@@ -267,12 +269,7 @@ async fn round_robin_and_retry_past_dead_endpoints() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keepalive_downstream_and_pooled_upstream() {
-    let backend = echo("b").await;
-    let files = vec![
-        ("svc.yaml", service_yaml("b", &[backend.addr().port()])),
-        ("ing.yaml", ingress_yaml("i", "k.test", &[("/", "Prefix", "b")])),
-    ];
-    let env = start(&files, ProxySettings::default()).await;
+    let (env, _backend) = start_one("b", "k.test", ProxySettings::default()).await;
     let mut s = tokio::net::TcpStream::connect(env.gateway.http_addr).await.unwrap();
     let mut upstream_ports = std::collections::HashSet::new();
     for i in 0..5 {
@@ -293,16 +290,11 @@ async fn keepalive_downstream_and_pooled_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_and_large_bodies_stream_both_ways() {
-    let backend = echo("b").await;
-    let files = vec![
-        ("svc.yaml", service_yaml("b", &[backend.addr().port()])),
-        ("ing.yaml", ingress_yaml("i", "big.test", &[("/", "Prefix", "b")])),
-    ];
     let settings = ProxySettings {
         max_body_bytes: None,
         ..ProxySettings::default()
     };
-    let env = start(&files, settings).await;
+    let (env, _backend) = start_one("b", "big.test", settings).await;
     // 32 MiB up, chunked, counted by the backend as it streams through.
     let chunk: Vec<u8> = (0..=255u8).cycle().take(256 * 1024).collect();
     let tcp = tokio::net::TcpStream::connect(env.gateway.http_addr).await.unwrap();
@@ -375,12 +367,7 @@ async fn chunked_and_large_bodies_stream_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expect_100_continue() {
-    let backend = echo("b").await;
-    let files = vec![
-        ("svc.yaml", service_yaml("b", &[backend.addr().port()])),
-        ("ing.yaml", ingress_yaml("i", "c.test", &[("/", "Prefix", "b")])),
-    ];
-    let env = start(&files, ProxySettings::default()).await;
+    let (env, _backend) = start_one("b", "c.test", ProxySettings::default()).await;
     let mut s = tokio::net::TcpStream::connect(env.gateway.http_addr).await.unwrap();
     s.write_all(b"PUT /x HTTP/1.1\r\nHost: c.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
         .await
@@ -405,12 +392,7 @@ async fn expect_100_continue() {
 async fn websocket_is_tunnelled_both_ways() {
     use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
-    let backend = echo("ws").await;
-    let files = vec![
-        ("svc.yaml", service_yaml("ws", &[backend.addr().port()])),
-        ("ing.yaml", ingress_yaml("i", "ws.test", &[("/", "Prefix", "ws")])),
-    ];
-    let env = start(&files, ProxySettings::default()).await;
+    let (env, _backend) = start_one("ws", "ws.test", ProxySettings::default()).await;
     let tcp = tokio::net::TcpStream::connect(env.gateway.http_addr).await.unwrap();
     let request =
         tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request("ws://ws.test/chat").unwrap();

@@ -90,6 +90,17 @@ pub async fn start(files: &[(&str, String)], proxy: ProxySettings) -> Env {
     }
 }
 
+/// One echo backend named `name`, behind a Service `name`, routed from `host` `/`.
+/// Keep the handle alive as long as the backend is needed.
+pub async fn start_one(name: &str, host: &str, proxy: ProxySettings) -> (Env, EchoHandle) {
+    let backend = echo(name).await;
+    let files = vec![
+        ("svc.yaml", service_yaml(name, &[backend.addr().port()])),
+        ("ing.yaml", ingress_yaml("i", host, &[("/", "Prefix", name)])),
+    ];
+    (start(&files, proxy).await, backend)
+}
+
 pub async fn start_on(dir: &Path, proxy: ProxySettings) -> GatewayHandle {
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
