@@ -260,6 +260,7 @@ pub fn snapshot_10k(n: usize) -> Snapshot {
         services: plans.iter().map(|p| decode::<Service>(service_json(p))).collect(),
         endpoint_slices: plans.iter().map(|p| decode::<EndpointSlice>(slice_json(p))).collect(),
         secrets: Vec::new(),
+        config_maps: Vec::new(),
     }
 }
 

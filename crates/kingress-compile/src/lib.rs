@@ -12,21 +12,24 @@
 //! - [`class`]: which Ingresses are ours (spec.ingressClassName, the legacy annotation,
 //!   the default IngressClass, `--watch-ingress-without-class`).
 //! - [`routes`]: Ingresses and Services into a [`Config`].
+//! - [`policy`]: balancing and retry settings from the ConfigMap and annotations.
 //! - [`endpoints`]: Services and EndpointSlices into an [`EndpointTable`]; kept apart so
 //!   endpoint churn is compiled (and published) without touching the routes.
 
 pub mod class;
 pub mod endpoints;
+pub mod policy;
 pub mod routes;
 mod validate;
 
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kingress_model::{Config, Diagnostic, EndpointTable, ObjectRef};
 
 pub use class::ClassOptions;
 pub use endpoints::compile_endpoints;
+pub use policy::{ANNOTATION_PREFIX, PolicyDefaults, parse_config_map_ref};
 pub use routes::compile_routes;
 
 /// The Kubernetes objects kingress reads, as the sources decoded them. Order does not
@@ -39,12 +42,18 @@ pub struct Snapshot {
     pub endpoint_slices: Vec<EndpointSlice>,
     /// Only `kubernetes.io/tls` Secrets matter; TLS termination reads them.
     pub secrets: Vec<Secret>,
+    /// Read for the controller ConfigMap (`--configmap`) and, later, tcp/udp-services.
+    pub config_maps: Vec<ConfigMap>,
 }
 
 /// The controller settings compile needs.
 #[derive(Clone, Debug, Default)]
 pub struct CompileOptions {
     pub class: ClassOptions,
+    /// `--configmap NAMESPACE/NAME`: the controller-wide settings (load-balance, ...).
+    pub config_map: Option<(String, String)>,
+    /// Defaults from flags, under the ConfigMap's.
+    pub defaults: PolicyDefaults,
 }
 
 /// What [`compile`] produces.

@@ -13,6 +13,7 @@ use kingress_model::host::HostPattern;
 use kingress_model::{BackendId, Config, ConfigBuilder, Diagnostic, Route, RouteSource};
 
 use crate::class::ClassFilter;
+use crate::policy::{controller_defaults, ingress_policy};
 use crate::validate::{PortRef, Protocol, ServiceRef, ValidService, validate_ingress, validate_service};
 use crate::{CompileOptions, Snapshot, namespace_of, object_ref};
 
@@ -107,6 +108,12 @@ pub fn compile_routes(snapshot: &Snapshot, options: &CompileOptions) -> (Config,
     let mut diagnostics = Vec::new();
     let services = ServiceIndex::build(snapshot, &mut diagnostics);
     let filter = ClassFilter::new(&options.class, &snapshot.ingress_classes);
+    let defaults = controller_defaults(
+        snapshot,
+        options.config_map.as_ref(),
+        &options.defaults,
+        &mut diagnostics,
+    );
 
     let mut ingresses: Vec<&Ingress> = snapshot.ingresses.iter().filter(|i| filter.is_ours(i)).collect();
     ingresses.sort_by(|a, b| {
@@ -138,6 +145,11 @@ pub fn compile_routes(snapshot: &Snapshot, options: &CompileOptions) -> (Config,
         for w in &valid.warnings {
             diagnostics.push(Diagnostic::object(obj.clone(), w.clone()));
         }
+        let (policy, problems) = ingress_policy(ing.metadata.annotations.as_ref(), &defaults);
+        for p in problems {
+            diagnostics.push(Diagnostic::object(obj.clone(), p));
+        }
+        let policy = Arc::new(policy);
         let mut route_for = |backend: &ServiceRef, host: &str, path: &str, path_type| {
             let (id, problem) = services.resolve(&namespace, backend);
             if let Some(problem) = problem {
@@ -151,6 +163,7 @@ pub fn compile_routes(snapshot: &Snapshot, options: &CompileOptions) -> (Config,
                     path: path.to_string(),
                     path_type,
                 },
+                policy: policy.clone(),
             })
         };
 

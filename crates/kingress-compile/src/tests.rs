@@ -4,6 +4,7 @@
 use serde_json::{Value, json};
 
 use super::*;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kingress_model::BackendId;
 
 fn ingress_with(name: &str, extra_meta: Value, spec: Value) -> Ingress {
@@ -260,6 +261,7 @@ fn class_selection_filters_ingresses() {
             watch_ingress_without_class: true,
             ..ClassOptions::default()
         },
+        ..CompileOptions::default()
     };
     let c = compile(&s, &opts);
     assert!(route(&c, "c.com", "/").is_some());
@@ -496,4 +498,176 @@ fn compile_is_deterministic() {
             assert_eq!(ra, rb);
         }
     }
+}
+
+// ---- balancing and retry policy: annotations over the ConfigMap over flags ----
+
+fn annotated(name: &str, host: &str, annotations: Value) -> Ingress {
+    let spec = json!({
+        "ingressClassName": "kingress",
+        "rules": [{"host": host, "http": {"paths": [path("/app", "Prefix", "s1")]}}],
+    });
+    ingress_with(name, json!({"annotations": annotations}), spec)
+}
+
+fn policy_of(c: &Compiled, host: &str) -> kingress_model::BackendPolicy {
+    let r = c.config.lookup(Some(host), "/app").expect("route");
+    (*r.policy).clone()
+}
+
+fn config_map(data: Value) -> ConfigMap {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "kingress", "namespace": "ingress"},
+        "data": data,
+    }))
+    .unwrap()
+}
+
+fn cm_options() -> CompileOptions {
+    CompileOptions {
+        config_map: Some(("ingress".into(), "kingress".into())),
+        ..CompileOptions::default()
+    }
+}
+
+const P: &str = "nginx.ingress.kubernetes.io/";
+
+#[test]
+fn balancing_annotations_choose_the_algorithm() {
+    use kingress_model::{AffinityMode, Balance, HashPart, SameSite};
+    let s = snapshot(
+        vec![
+            annotated("plain", "plain.com", json!({})),
+            annotated("ewma", "ewma.com", json!({format!("{P}load-balance"): "ewma"})),
+            annotated(
+                "hash",
+                "hash.com",
+                json!({format!("{P}load-balance"): "ewma", format!("{P}upstream-hash-by"): "$http_x_user"}),
+            ),
+            annotated(
+                "sticky",
+                "sticky.com",
+                json!({
+                    format!("{P}affinity"): "cookie",
+                    format!("{P}upstream-hash-by"): "$request_uri",
+                    format!("{P}affinity-mode"): "persistent",
+                    format!("{P}session-cookie-name"): "route",
+                    format!("{P}session-cookie-max-age"): "3600",
+                    format!("{P}session-cookie-samesite"): "Lax",
+                    format!("{P}session-cookie-secure"): "true",
+                    format!("{P}session-cookie-path"): "/app",
+                }),
+            ),
+        ],
+        &["s1"],
+    );
+    let c = run(&s);
+    assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics);
+    assert_eq!(policy_of(&c, "plain.com").balance, Balance::RoundRobin);
+    assert_eq!(policy_of(&c, "ewma.com").balance, Balance::Ewma);
+    match policy_of(&c, "hash.com").balance {
+        Balance::Hash(k) => assert_eq!(k.parts, vec![HashPart::Header("x-user".into())]),
+        other => panic!("{other:?}"),
+    }
+    match policy_of(&c, "sticky.com").balance {
+        Balance::Cookie(ck) => {
+            assert_eq!(ck.name, "route");
+            assert_eq!(ck.mode, AffinityMode::Persistent);
+            assert_eq!(ck.max_age, Some(3600));
+            assert_eq!(ck.samesite, Some(SameSite::Lax));
+            assert!(ck.secure);
+            assert_eq!(ck.path.as_deref(), Some("/app"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn bad_policy_annotations_are_diagnostics_and_defaults_stay() {
+    use kingress_model::Balance;
+    let s = snapshot(
+        vec![annotated(
+            "bad",
+            "bad.com",
+            json!({
+                format!("{P}load-balance"): "fastest",
+                format!("{P}upstream-hash-by"): "$nonsense",
+                format!("{P}affinity"): "ip",
+                format!("{P}proxy-next-upstream-tries"): "many",
+                format!("{P}proxy-next-upstream"): "error http_502",
+            }),
+        )],
+        &["s1"],
+    );
+    let c = run(&s);
+    let p = policy_of(&c, "bad.com");
+    assert_eq!(p.balance, Balance::RoundRobin);
+    assert_eq!(p.retry.tries, 3);
+    assert!(p.retry.on_error && !p.retry.on_timeout);
+    let reasons: Vec<String> = c.diagnostics.iter().map(|d| d.to_string()).collect();
+    for needle in ["fastest", "$nonsense", "\"ip\"", "\"many\"", "http_502"] {
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains(needle) && r.contains("Ingress default/bad")),
+            "{needle}: {reasons:#?}"
+        );
+    }
+}
+
+#[test]
+fn the_configmap_sets_defaults_that_annotations_override() {
+    use kingress_model::Balance;
+    let mut s = snapshot(
+        vec![
+            annotated("plain", "plain.com", json!({})),
+            annotated(
+                "rr",
+                "rr.com",
+                json!({format!("{P}load-balance"): "round_robin", format!("{P}proxy-next-upstream-tries"): "1"}),
+            ),
+        ],
+        &["s1"],
+    );
+    s.config_maps.push(config_map(json!({
+        "load-balance": "ewma",
+        "proxy-next-upstream": "error timeout non_idempotent",
+        "proxy-next-upstream-tries": "5",
+        "unrelated-key": "whatever",
+    })));
+    let c = compile(&s, &cm_options());
+    assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics);
+    let plain = policy_of(&c, "plain.com");
+    assert_eq!(plain.balance, Balance::Ewma);
+    assert_eq!(plain.retry.tries, 5);
+    assert!(plain.retry.non_idempotent);
+    let rr = policy_of(&c, "rr.com");
+    assert_eq!(rr.balance, Balance::RoundRobin);
+    assert_eq!(rr.retry.tries, 1);
+
+    // Without --configmap the ConfigMap is not read; flags give the tries.
+    let opts = CompileOptions {
+        defaults: PolicyDefaults { tries: 7 },
+        ..CompileOptions::default()
+    };
+    let c = compile(&s, &opts);
+    assert_eq!(policy_of(&c, "plain.com").balance, Balance::RoundRobin);
+    assert_eq!(policy_of(&c, "plain.com").retry.tries, 7);
+
+    // A bad ConfigMap value is reported against the ConfigMap.
+    s.config_maps = vec![config_map(json!({"load-balance": "random"}))];
+    let c = compile(&s, &cm_options());
+    assert!(
+        c.diagnostics
+            .iter()
+            .any(|d| d.to_string().contains("ConfigMap ingress/kingress") && d.to_string().contains("random")),
+        "{:?}",
+        c.diagnostics
+    );
+    // A missing one too, and built-in defaults apply.
+    s.config_maps.clear();
+    let c = compile(&s, &cm_options());
+    assert!(c.diagnostics.iter().any(|d| d.to_string().contains("does not exist")));
+    assert_eq!(policy_of(&c, "plain.com").balance, Balance::RoundRobin);
 }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use crate::diag::ObjectRef;
 use crate::host::{HostPattern, normalize_request_host, wildcard_suffix};
 use crate::path::{PathTable, PathType};
+use crate::policy::BackendPolicy;
 
 /// The backend a route sends to: one port of one Service, `namespace/service:port`.
 ///
@@ -65,6 +66,8 @@ pub struct RouteSource {
 pub struct Route {
     pub backend: BackendId,
     pub source: RouteSource,
+    /// Balancing and retries; shared by the routes of one Ingress.
+    pub policy: Arc<BackendPolicy>,
 }
 
 /// One host's paths and default backend (an nginx `server` block).
@@ -224,6 +227,7 @@ mod tests {
                 path: String::new(),
                 path_type: None,
             },
+            policy: Arc::default(),
         })
     }
 

@@ -15,6 +15,7 @@
 //!   and [`Config::lookup`].
 //! - [`endpoints`]: [`EndpointTable`], the ready endpoints per backend, published on its
 //!   own swap so endpoint churn never recompiles routes.
+//! - [`policy`]: [`BackendPolicy`], how a route balances and retries (from annotations).
 //! - [`diag`]: [`Diagnostic`], how a bad object or file is reported without failing the rest.
 
 pub mod config;
@@ -22,8 +23,10 @@ pub mod diag;
 pub mod endpoints;
 pub mod host;
 pub mod path;
+pub mod policy;
 
 pub use config::{BackendId, Config, ConfigBuilder, Route, RouteSource, Server};
 pub use diag::{Diagnostic, ObjectRef, Subject};
 pub use endpoints::{EndpointSet, EndpointTable};
 pub use path::PathType;
+pub use policy::{AffinityMode, BackendPolicy, Balance, CookieAffinity, HashKey, HashPart, RetryPolicy, SameSite};

@@ -1,13 +1,19 @@
 //! The HTTP request phases (pingora `ProxyHttp`).
 //!
 //! - `request_filter`: load the tables once, look up the route (404 when none), check the
-//!   body limit (413), answer 503 when the backend has no ready endpoint.
-//! - `upstream_peer`: round-robin pick among the endpoints not tried yet by this request.
-//! - `fail_to_connect`: a refused or timed-out connect moves to another endpoint, up to
-//!   `upstream_tries` attempts in all.
+//!   body limit (413), answer 503 when the backend has no ready endpoint; read what the
+//!   route's balancer needs (hash key, affinity cookie).
+//! - `upstream_peer`: the route's balancer picks among the endpoints not tried yet by
+//!   this request (round-robin, EWMA, consistent hash or cookie affinity); the attempt
+//!   counts as in flight on that endpoint until the request ends.
+//! - `fail_to_connect` / `error_while_proxy`: the failure counts against the endpoint
+//!   (passive ejection) and, when `proxy-next-upstream` covers it and tries remain, the
+//!   request moves to another endpoint. A request that was already sent moves only if
+//!   its method is idempotent (or `non_idempotent` is set) and its body was buffered.
+//! - `upstream_response_filter`: the response latency feeds the endpoint's EWMA.
 //! - `upstream_request_filter`: the header contract of ingress-nginx (X-Request-ID,
 //!   X-Real-IP, X-Forwarded-*, X-Original-Forwarded-For, no `Proxy`).
-//! - `response_filter`: `Server: kingress` when the backend sent none.
+//! - `response_filter`: `Server: kingress` when the backend sent none; the affinity cookie.
 //! - `fail_to_proxy`: our error page, 504 for upstream timeouts, 502 for other upstream
 //!   failures.
 
@@ -17,8 +23,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use kingress_balance::{Balanced, Pick};
-use kingress_model::Route;
+use kingress_balance::{Balanced, InFlight, Nanos, Pick, Strategy};
+use kingress_model::{Balance, Route};
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::upstreams::peer::{H1UpgradePolicy, HttpPeer, HttpUpstreamRequestPolicy};
@@ -26,6 +32,7 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, HttpProxy, ProxyHttp, Session};
 
+use crate::balance::{Failure, RequestFacts, classify, cookie, hash_key, policy_covers, set_cookie, with_rng};
 use crate::errors::{SERVER, error_page, status_for};
 use crate::settings::ProxySettings;
 use crate::state::Tables;
@@ -45,8 +52,24 @@ pub struct RequestCtx {
     endpoints: Option<Arc<Balanced>>,
     /// Endpoints already attempted, in order.
     tried: Vec<SocketAddr>,
+    /// The attempt in progress: in flight on its endpoint until dropped.
+    attempt: Option<Attempt>,
+    /// `upstream-hash-by`: the hash of this request's key.
+    hash_key: u64,
+    /// Cookie affinity: the session cookie the request came with.
+    affinity_cookie: Option<String>,
+    /// Cookie affinity: the cookie to set on the response.
+    set_cookie: Option<String>,
     request_id: String,
     body_bytes: u64,
+}
+
+struct Attempt {
+    in_flight: InFlight,
+    started: Nanos,
+    /// The upstream's response header arrived: the attempt succeeded as far as
+    /// balancing is concerned, and the request can no longer move.
+    answered: bool,
 }
 
 impl Gateway {
@@ -74,6 +97,25 @@ impl Gateway {
             (Some(route), Some(eps)) => eps.endpoints(&route.backend).map_or(0, |s| s.len()),
             _ => 0,
         }
+    }
+
+    /// Ends a failed attempt: counts it against the endpoint (when `blame`) and says
+    /// whether the route's `proxy-next-upstream` lets the request move on.
+    fn end_failed_attempt(&self, ctx: &mut RequestCtx, failure: Failure, blame: bool) -> bool {
+        if let (Some(a), Some(eps)) = (ctx.attempt.take(), &ctx.endpoints)
+            && blame
+        {
+            let addr = ctx.tried.last().copied();
+            if a.in_flight.stats().record_failure(self.tables.now(), eps.health()) {
+                tracing::warn!(endpoint = ?addr, "endpoint ejected after consecutive failures");
+            }
+        }
+        let Some(route) = &ctx.route else { return false };
+        let policy = &route.policy.retry;
+        let attempts = ctx.tried.len();
+        policy_covers(policy, failure)
+            && attempts < usize::try_from(policy.tries).unwrap_or(usize::MAX)
+            && attempts < Self::endpoint_count(ctx)
     }
 }
 
@@ -170,6 +212,19 @@ impl ProxyHttp for Gateway {
             tracing::debug!(backend = %route.backend, "no ready endpoint: 503");
             return self.respond(session, 503, true).await;
         }
+        match &route.policy.balance {
+            Balance::Hash(key) => {
+                let facts = RequestFacts {
+                    req,
+                    host: request_host(req),
+                    client: client_ip(session),
+                    tls: is_tls(session),
+                };
+                ctx.hash_key = hash_key(&key.parts, &facts);
+            }
+            Balance::Cookie(c) => ctx.affinity_cookie = cookie(req, &c.name).map(str::to_string),
+            Balance::RoundRobin | Balance::Ewma => {}
+        }
         ctx.route = Some(route);
         ctx.endpoints = Some(endpoints);
         Ok(false)
@@ -195,9 +250,33 @@ impl ProxyHttp for Gateway {
         let (Some(route), Some(endpoints)) = (&ctx.route, &ctx.endpoints) else {
             return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
         };
-        match endpoints.pick(&route.backend, &ctx.tried) {
-            Pick::Endpoint(addr) => {
+        let strategy = match &route.policy.balance {
+            Balance::RoundRobin => Strategy::RoundRobin,
+            Balance::Ewma => Strategy::Ewma,
+            Balance::Hash(_) => Strategy::Hash(ctx.hash_key),
+            Balance::Cookie(c) => Strategy::Cookie {
+                value: ctx.affinity_cookie.as_deref(),
+                mode: c.mode,
+            },
+        };
+        let now = self.tables.now();
+        let pick = with_rng(|rng| endpoints.pick(&route.backend, strategy, &ctx.tried, now, rng));
+        match pick {
+            Pick::Endpoint(chosen) => {
+                if let (Some(value), Balance::Cookie(c)) = (chosen.cookie, &route.policy.balance) {
+                    // A new session takes the cookie of the endpoint that serves it; an
+                    // existing one moves only with session-cookie-change-on-failure.
+                    if ctx.affinity_cookie.is_none() || ctx.tried.is_empty() || c.change_on_failure {
+                        ctx.set_cookie = Some(value);
+                    }
+                }
+                let addr = chosen.addr;
                 ctx.tried.push(addr);
+                ctx.attempt = Some(Attempt {
+                    in_flight: chosen.stats.begin(),
+                    started: now,
+                    answered: false,
+                });
                 let mut peer = HttpPeer::new(addr, false, String::new());
                 let o = &mut peer.options;
                 o.connection_timeout = Some(self.settings.connect_timeout);
@@ -226,11 +305,59 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let attempts = ctx.tried.len();
-        let retry = attempts < self.settings.upstream_tries && attempts < Self::endpoint_count(ctx);
-        tracing::debug!(peer = %peer, attempts, retry, error = %e, "upstream connect failed");
+        // Nothing was sent: any method may move to another endpoint.
+        let failure = classify(&e);
+        let retry = self.end_failed_attempt(ctx, failure, true);
+        tracing::debug!(peer = %peer, attempts = ctx.tried.len(), retry, error = %e, "upstream connect failed");
         e.set_retry(retry);
         e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let answered = ctx.attempt.as_ref().is_none_or(|a| a.answered);
+        let upstream_fault = matches!(e.esource(), pingora_error::ErrorSource::Upstream);
+        if answered || !upstream_fault || session.response_written().is_some() {
+            // The response has begun (or the client went away): it cannot move.
+            e.set_retry(false);
+            return e;
+        }
+        let method_ok = session.req_header().method.is_idempotent()
+            || ctx.route.as_ref().is_some_and(|r| r.policy.retry.non_idempotent);
+        let body_kept = !session.as_ref().retry_buffer_truncated();
+        let failure = classify(&e);
+        // A pooled connection the upstream had already closed is not the endpoint's fault.
+        let stale = client_reused && failure == Failure::Error;
+        let retry = self.end_failed_attempt(ctx, failure, !stale) && method_ok && body_kept;
+        tracing::debug!(peer = %peer, attempts = ctx.tried.len(), retry, error = %e, "upstream attempt failed");
+        e.set_retry(retry);
+        e
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if response.status.is_informational() && response.status != http::StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(());
+        }
+        if let Some(a) = ctx.attempt.as_mut().filter(|a| !a.answered) {
+            a.answered = true;
+            let now = self.tables.now();
+            let stats = a.in_flight.stats();
+            stats.observe(now.saturating_sub(a.started), now);
+            stats.record_success();
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(
@@ -269,14 +396,33 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
         if !response.headers.contains_key(header::SERVER) {
             response.insert_header(header::SERVER, SERVER)?;
         }
+        if let (Some(value), Some(route)) = (ctx.set_cookie.take(), &ctx.route)
+            && let Balance::Cookie(c) = &route.policy.balance
+        {
+            let line = set_cookie(
+                c,
+                &value,
+                &route.source.path,
+                is_tls(session),
+                std::time::SystemTime::now(),
+            );
+            if let Ok(v) = HeaderValue::from_str(&line) {
+                response.append_header(header::SET_COOKIE, v)?;
+            }
+        }
         Ok(())
+    }
+
+    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        // The request is over: it no longer loads its endpoint.
+        ctx.attempt = None;
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {

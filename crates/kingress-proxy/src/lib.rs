@@ -8,12 +8,15 @@
 //! # Layout
 //! - [`state`]: [`Tables`], the atomically swapped routing table and endpoint table, and
 //!   the readiness flag.
-//! - [`settings`]: timeouts, limits and retry counts, with ingress-nginx's defaults.
+//! - [`settings`]: timeouts and limits, with ingress-nginx's defaults.
 //! - [`http`]: the request phases: lookup, limits, endpoint pick, the ingress-nginx header
 //!   contract, retries, error pages.
+//! - `balance`: what a route's balancer reads from a request (hash key, affinity cookie),
+//!   the Set-Cookie it answers with, and which failures may move to another endpoint.
 //! - [`listener`]: accept loop with graceful shutdown.
 //! - [`errors`]: error pages and the mapping of failures to status codes.
 
+mod balance;
 pub mod errors;
 pub mod http;
 pub mod listener;
@@ -21,6 +24,7 @@ pub mod settings;
 pub mod state;
 
 pub use http::{Gateway, build_proxy};
+pub use kingress_balance::HealthPolicy;
 pub use listener::{WorkerPool, serve};
 pub use settings::ProxySettings;
 pub use state::Tables;

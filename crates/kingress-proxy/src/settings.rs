@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use kingress_balance::HealthPolicy;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProxySettings {
     /// `proxy-connect-timeout`: 5 s.
@@ -10,8 +12,6 @@ pub struct ProxySettings {
     pub read_timeout: Duration,
     /// `proxy-send-timeout`: 60 s between two writes to the upstream.
     pub send_timeout: Duration,
-    /// `proxy-next-upstream-tries`: 3 attempts in all when connecting fails.
-    pub upstream_tries: usize,
     /// `proxy-body-size` (client_max_body_size): 1 MiB; `None` for no limit.
     pub max_body_bytes: Option<u64>,
     /// How long an idle pooled upstream connection is kept (`upstream-keepalive-timeout`).
@@ -20,6 +20,8 @@ pub struct ProxySettings {
     pub upstream_pool_size: usize,
     /// How long `serve` waits for open connections to finish once shutdown starts.
     pub shutdown_grace: Duration,
+    /// Passive outlier ejection of endpoints that keep failing.
+    pub health: HealthPolicy,
 }
 
 impl Default for ProxySettings {
@@ -28,11 +30,11 @@ impl Default for ProxySettings {
             connect_timeout: Duration::from_secs(5),
             read_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
-            upstream_tries: 3,
             max_body_bytes: Some(1024 * 1024),
             upstream_idle_timeout: Duration::from_secs(60),
             upstream_pool_size: 1024,
             shutdown_grace: Duration::from_secs(4),
+            health: HealthPolicy::default(),
         }
     }
 }

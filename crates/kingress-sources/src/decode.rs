@@ -7,10 +7,10 @@
 //!   number belongs, an unsupported apiVersion): a diagnostic naming kind and
 //!   namespace/name; that object is skipped, the file's other objects serve.
 //!
-//! Kinds we do not read (Deployments, ConfigMaps, ...) are ignored silently: a folder of
+//! Kinds we do not read (Deployments, Pods, ...) are ignored silently: a folder of
 //! real manifests holds many of them.
 
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kingress_compile::DEFAULT_NAMESPACE;
@@ -25,6 +25,7 @@ pub enum Object {
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
     Secret(Box<Secret>),
+    ConfigMap(Box<ConfigMap>),
 }
 
 impl Object {
@@ -36,6 +37,7 @@ impl Object {
             Object::Service(o) => ("Service", &o.metadata),
             Object::EndpointSlice(o) => ("EndpointSlice", &o.metadata),
             Object::Secret(o) => ("Secret", &o.metadata),
+            Object::ConfigMap(o) => ("ConfigMap", &o.metadata),
         };
         ObjectRef::new(
             kind,
@@ -160,6 +162,7 @@ fn decode_value(path: &str, index: usize, doc: Value, out: &mut Decoded, depth: 
         "Service" => "v1",
         "EndpointSlice" => "discovery.k8s.io/v1",
         "Secret" => "v1",
+        "ConfigMap" => "v1",
         _ => return, // a kind we do not read
     };
     let namespaced = kind != "IngressClass";
@@ -179,6 +182,7 @@ fn decode_value(path: &str, index: usize, doc: Value, out: &mut Decoded, depth: 
         "IngressClass" => serde_json::from_value(doc).map(|o| Object::IngressClass(Box::new(o))),
         "Service" => serde_json::from_value(doc).map(|o| Object::Service(Box::new(o))),
         "EndpointSlice" => serde_json::from_value(doc).map(|o| Object::EndpointSlice(Box::new(o))),
+        "ConfigMap" => serde_json::from_value(doc).map(|o| Object::ConfigMap(Box::new(o))),
         _ => serde_json::from_value(doc).map(|o| Object::Secret(Box::new(o))),
     };
     match result {

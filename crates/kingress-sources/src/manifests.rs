@@ -140,6 +140,7 @@ impl ManifestFolder {
                     Object::Service(o) => snapshot.services.push(*o),
                     Object::EndpointSlice(o) => snapshot.endpoint_slices.push(*o),
                     Object::Secret(o) => snapshot.secrets.push(*o),
+                    Object::ConfigMap(o) => snapshot.config_maps.push(*o),
                 }
             }
         }

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use kingress_compile::{ClassOptions, CompileOptions};
-use kingress_proxy::ProxySettings;
+use kingress_compile::{ClassOptions, CompileOptions, PolicyDefaults, parse_config_map_ref};
+use kingress_proxy::{HealthPolicy, ProxySettings};
 
 use crate::logging::LogFormat;
 
@@ -58,9 +58,17 @@ pub struct ProxyArgs {
     /// Upstream send timeout between two writes, in seconds (proxy-send-timeout).
     #[arg(long, default_value_t = 60.0, env = "KINGRESS_PROXY_SEND_TIMEOUT")]
     pub proxy_send_timeout: f64,
-    /// Attempts in all when connecting to an endpoint fails (proxy-next-upstream-tries).
+    /// Attempts in all when an endpoint fails (proxy-next-upstream-tries); the ConfigMap
+    /// and the annotation of the same name override it.
     #[arg(long, default_value_t = 3, env = "KINGRESS_PROXY_NEXT_UPSTREAM_TRIES")]
     pub proxy_next_upstream_tries: usize,
+    /// Consecutive failed attempts after which an endpoint is ejected (0: never eject).
+    #[arg(long, default_value_t = 3, env = "KINGRESS_UPSTREAM_MAX_FAILS")]
+    pub upstream_max_fails: u32,
+    /// How long an ejected endpoint is skipped, in seconds; doubled while it keeps
+    /// failing, up to 30 times this.
+    #[arg(long, default_value_t = 10.0, env = "KINGRESS_UPSTREAM_FAIL_TIMEOUT")]
+    pub upstream_fail_timeout: f64,
     /// Largest client request body, nginx syntax (1m, 512k, 10485760); 0 for no limit (proxy-body-size).
     #[arg(long, default_value = "1m", env = "KINGRESS_PROXY_BODY_SIZE")]
     pub proxy_body_size: String,
@@ -94,6 +102,11 @@ pub struct RunArgs {
     pub class: ClassArgs,
     #[command(flatten)]
     pub proxy: ProxyArgs,
+    /// The controller ConfigMap, NAMESPACE/NAME (keys: load-balance, upstream-hash-by,
+    /// proxy-next-upstream, proxy-next-upstream-tries). In manifest mode it is read from
+    /// the folder.
+    #[arg(long, env = "KINGRESS_CONFIGMAP")]
+    pub configmap: Option<String>,
     /// Threads that serve proxied connections (0: one per CPU).
     #[arg(long, default_value_t = 0, env = "KINGRESS_WORKER_THREADS")]
     pub worker_threads: usize,
@@ -153,26 +166,46 @@ impl ProxyArgs {
         if self.proxy_next_upstream_tries == 0 {
             return Err("--proxy-next-upstream-tries must be at least 1".into());
         }
+        let ejection = seconds("upstream-fail-timeout", self.upstream_fail_timeout)?;
+        let ejection = u64::try_from(ejection.as_nanos()).unwrap_or(u64::MAX);
         Ok(ProxySettings {
             connect_timeout: seconds("proxy-connect-timeout", self.proxy_connect_timeout)?,
             read_timeout: seconds("proxy-read-timeout", self.proxy_read_timeout)?,
             send_timeout: seconds("proxy-send-timeout", self.proxy_send_timeout)?,
-            upstream_tries: self.proxy_next_upstream_tries,
             max_body_bytes: parse_size(&self.proxy_body_size)?,
+            health: HealthPolicy {
+                max_fails: self.upstream_max_fails,
+                ejection,
+                max_ejection: ejection.saturating_mul(30),
+            },
             ..ProxySettings::default()
         })
     }
 }
 
 impl ClassArgs {
-    pub fn compile_options(&self) -> CompileOptions {
-        CompileOptions {
-            class: ClassOptions {
-                ingress_class: self.ingress_class.clone(),
-                controller_class: self.controller_class.clone(),
-                watch_ingress_without_class: self.watch_ingress_without_class,
-            },
+    pub fn class_options(&self) -> ClassOptions {
+        ClassOptions {
+            ingress_class: self.ingress_class.clone(),
+            controller_class: self.controller_class.clone(),
+            watch_ingress_without_class: self.watch_ingress_without_class,
         }
+    }
+}
+
+impl RunArgs {
+    pub fn compile_options(&self) -> Result<CompileOptions, String> {
+        let config_map = match &self.configmap {
+            Some(v) => Some(parse_config_map_ref(v).map_err(|e| format!("--configmap: {e}"))?),
+            None => None,
+        };
+        Ok(CompileOptions {
+            class: self.class.class_options(),
+            config_map,
+            defaults: PolicyDefaults {
+                tries: u32::try_from(self.proxy.proxy_next_upstream_tries).unwrap_or(u32::MAX),
+            },
+        })
     }
 }
 
@@ -191,7 +224,19 @@ mod tests {
         assert_eq!(run.listen.admin_listen.to_string(), "127.0.0.1:10254");
         let s = run.proxy.settings().unwrap();
         assert_eq!(s, ProxySettings::default());
-        assert_eq!(run.class.compile_options().class, ClassOptions::default());
+        let c = run.compile_options().unwrap();
+        assert_eq!(c.class, ClassOptions::default());
+        assert_eq!(c.defaults, PolicyDefaults::default());
+        assert_eq!(c.config_map, None);
+        let cli = Cli::try_parse_from(["kingress", "run", "--configmap", "ingress/kingress"]).unwrap();
+        let Command::Run(run) = cli.command else { panic!() };
+        assert_eq!(
+            run.compile_options().unwrap().config_map,
+            Some(("ingress".to_string(), "kingress".to_string()))
+        );
+        let cli = Cli::try_parse_from(["kingress", "run", "--configmap", "nonamespace"]).unwrap();
+        let Command::Run(run) = cli.command else { panic!() };
+        assert!(run.compile_options().is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Applies what a source read: compile, publish, report.
 //!
-//! Route-affecting objects (IngressClasses, Ingresses, Services) recompile the routing
+//! Route-affecting objects (IngressClasses, Ingresses, Services, the controller
+//! ConfigMap) recompile the routing
 //! table; Services and EndpointSlices rebuild the endpoint table. An EndpointSlice-only
 //! change never touches the routes. The endpoint table is published before the routes,
 //! so a route that appears together with its backend never sees the old (backend-less)
@@ -62,7 +63,8 @@ impl Controller {
             Some(old) => (
                 old.ingress_classes != new.ingress_classes
                     || old.ingresses != new.ingresses
-                    || old.services != new.services,
+                    || old.services != new.services
+                    || old.config_maps != new.config_maps,
                 old.services != new.services || old.endpoint_slices != new.endpoint_slices,
             ),
         };

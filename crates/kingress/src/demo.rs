@@ -100,6 +100,7 @@ async fn materialize(folder: &Path) -> anyhow::Result<Vec<EchoHandle>> {
                 Object::Ingress(o) => serde_json::to_value(&*o)?,
                 Object::Service(o) => serde_json::to_value(&*o)?,
                 Object::Secret(o) => serde_json::to_value(&*o)?,
+                Object::ConfigMap(o) => serde_json::to_value(&*o)?,
             };
             docs.push(value);
         }

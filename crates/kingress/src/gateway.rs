@@ -84,7 +84,7 @@ pub async fn start(options: GatewayOptions, http: TcpListener, admin: TcpListene
     let http_addr = http.local_addr()?;
     let admin_addr = admin.local_addr()?;
 
-    let tables = Tables::new();
+    let tables = Arc::new(Tables::with_health(options.proxy.health));
     let controller = Controller::new(tables.clone(), options.compile.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (admin_shutdown, admin_shutdown_rx) = watch::channel(false);

@@ -66,7 +66,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => {
             // Validate everything before binding any port.
             let proxy = args.proxy.settings().map_err(anyhow::Error::msg)?;
-            let compile = args.class.compile_options();
+            let compile = args.compile_options().map_err(anyhow::Error::msg)?;
             let Some(manifests) = args.manifests else {
                 anyhow::bail!(
                     "Kubernetes API mode is not available yet: pass --manifests DIR to serve a folder of manifests"
