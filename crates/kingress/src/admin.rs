@@ -25,7 +25,8 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     r
 }
 
-/// The current configuration as JSON: servers, paths, backends, endpoints, diagnostics.
+/// The current configuration as JSON: servers, paths (with their balancer), backends and
+/// their endpoints (in-flight requests, EWMA latency, ejection), diagnostics.
 pub fn debug_config(controller: &Controller) -> serde_json::Value {
     let tables = controller.tables();
     let config = tables.config();
@@ -44,6 +45,8 @@ pub fn debug_config(controller: &Controller) -> serde_json::Value {
                         "path": path, "pathType": ty.as_str(),
                         "backend": route.backend.as_str(),
                         "ingress": route.source.ingress.to_string(),
+                        "balance": route.policy.balance.name(),
+                        "tries": route.policy.retry.tries,
                     })
                 })
                 .collect();
@@ -56,12 +59,22 @@ pub fn debug_config(controller: &Controller) -> serde_json::Value {
             })
         })
         .collect();
-    let mut backends: Vec<(String, Vec<String>)> = endpoints
+    let now = tables.now();
+    let endpoint = |a: &std::net::SocketAddr| match endpoints.stats(a) {
+        Some(s) => json!({
+            "address": a.to_string(),
+            "inFlight": s.in_flight(),
+            "latencyMs": s.latency(now).map(|ns| (ns / 1e4).round() / 100.0),
+            "ejected": s.is_ejected(now),
+        }),
+        None => json!({"address": a.to_string()}),
+    };
+    let mut backends: Vec<(String, Vec<serde_json::Value>)> = endpoints
         .table()
         .iter()
-        .map(|(id, set)| (id.to_string(), set.addrs.iter().map(|a| a.to_string()).collect()))
+        .map(|(id, set)| (id.to_string(), set.addrs.iter().map(endpoint).collect()))
         .collect();
-    backends.sort();
+    backends.sort_by(|a, b| a.0.cmp(&b.0));
     let backends: serde_json::Map<String, serde_json::Value> =
         backends.into_iter().map(|(k, v)| (k, json!(v))).collect();
     let diagnostics: Vec<String> = controller.diagnostics().iter().map(|d| d.to_string()).collect();

@@ -138,6 +138,20 @@ async fn ewma_sends_little_to_a_slow_endpoint() {
     assert!(to_slow < 20, "{counts:?}");
     assert!(counts.get("fast-a").copied().unwrap_or(0) > 30, "{counts:?}");
     assert!(counts.get("fast-b").copied().unwrap_or(0) > 30, "{counts:?}");
+
+    // /debug/config shows the algorithm and what the balancer learnt.
+    let dump = env.debug_config().await;
+    let server = dump["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["host"] == "ewma.test")
+        .unwrap();
+    assert_eq!(server["paths"][0]["balance"], "ewma");
+    let eps = dump["backends"]["default/s:80"].as_array().unwrap();
+    let slow_ep = eps.iter().find(|e| e["address"] == slow.addr().to_string()).unwrap();
+    assert!(slow_ep["latencyMs"].as_f64().unwrap() > 10.0, "{slow_ep}");
+    assert_eq!(slow_ep["ejected"], false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
