@@ -498,3 +498,56 @@ async fn a_removed_endpoint_finishes_its_requests() {
     .await;
     assert_eq!(slow.await.unwrap(), (200, "old".to_string()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_configmap_sets_defaults_live() {
+    let hangup = Hangup::start().await;
+    let good = echo("good").await;
+    let config_map = |tries: u32| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: kingress, namespace: ingress}}\ndata:\n  \
+             proxy-next-upstream-tries: \"{tries}\"\n  load-balance: round_robin\n"
+        )
+    };
+    let files = vec![
+        ("svc.yaml", service_yaml("s", &[hangup.addr.port(), good.addr().port()])),
+        ("ing.yaml", ingress("i", "cm.test", "s", &[])),
+        ("cm.yaml", config_map(1)),
+    ];
+    let compile = kingress_compile::CompileOptions {
+        config_map: Some(("ingress".into(), "kingress".into())),
+        ..Default::default()
+    };
+    let env = start_with(&files, no_ejection(), compile).await;
+    // One try: the requests that meet the hang-up fail.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(env.get("cm.test", "/").await.0);
+    }
+    assert!(statuses.contains(&502) && statuses.contains(&200), "{statuses:?}");
+    let dump = env.debug_config().await;
+    let server = dump["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["host"] == "cm.test")
+        .unwrap();
+    assert_eq!(server["paths"][0]["tries"], 1);
+
+    // The ConfigMap changes: two tries, every request succeeds.
+    write_atomic(&env.file("cm.yaml"), &config_map(2));
+    poll_until(WAIT, "the new tries to be live", || async {
+        let dump = env.debug_config().await;
+        let server = dump["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["host"] == "cm.test")
+            .cloned();
+        (server.unwrap()["paths"][0]["tries"] == 2).then_some(())
+    })
+    .await;
+    for _ in 0..6 {
+        assert_eq!(env.get("cm.test", "/").await.0, 200);
+    }
+}

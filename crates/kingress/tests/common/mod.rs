@@ -78,11 +78,16 @@ pub fn client() -> reqwest::Client {
 
 /// Writes `files` into a new folder and starts a gateway on it.
 pub async fn start(files: &[(&str, String)], proxy: ProxySettings) -> Env {
+    start_with(files, proxy, CompileOptions::default()).await
+}
+
+/// [`start`] with compile options (`--configmap`, class flags).
+pub async fn start_with(files: &[(&str, String)], proxy: ProxySettings, compile: CompileOptions) -> Env {
     let dir = tempfile::tempdir().unwrap();
     for (name, contents) in files {
         write_atomic(&dir.path().join(name), contents);
     }
-    let gateway = start_on(dir.path(), proxy).await;
+    let gateway = start_on_with(dir.path(), proxy, compile).await;
     Env {
         dir,
         gateway,
@@ -102,11 +107,15 @@ pub async fn start_one(name: &str, host: &str, proxy: ProxySettings) -> (Env, Ec
 }
 
 pub async fn start_on(dir: &Path, proxy: ProxySettings) -> GatewayHandle {
+    start_on_with(dir, proxy, CompileOptions::default()).await
+}
+
+pub async fn start_on_with(dir: &Path, proxy: ProxySettings, compile: CompileOptions) -> GatewayHandle {
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let options = GatewayOptions {
         manifests: dir.to_path_buf(),
-        compile: CompileOptions::default(),
+        compile,
         proxy,
         worker_threads: None,
     };
