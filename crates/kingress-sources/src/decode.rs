@@ -237,13 +237,23 @@ items:
   metadata: {name: web-1, labels: {kubernetes.io/service-name: web}}
   addressType: IPv4
   endpoints: [{addresses: [127.0.0.1]}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: kingress, namespace: ingress}
+data: {load-balance: ewma}
 "#;
         let d = decode_file("x.yaml", text, false).unwrap();
         assert!(d.diagnostics.is_empty(), "{:?}", d.diagnostics);
         let refs: Vec<String> = d.objects.iter().map(|o| o.object_ref().to_string()).collect();
         assert_eq!(
             refs,
-            vec!["Service default/web", "Ingress prod/a", "EndpointSlice default/web-1"]
+            vec![
+                "Service default/web",
+                "Ingress prod/a",
+                "EndpointSlice default/web-1",
+                "ConfigMap ingress/kingress"
+            ]
         );
     }
 
