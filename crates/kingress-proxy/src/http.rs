@@ -255,7 +255,12 @@ impl ProxyHttp for Gateway {
             Balance::Ewma => Strategy::Ewma,
             Balance::Hash(_) => Strategy::Hash(ctx.hash_key),
             Balance::Cookie(c) => Strategy::Cookie {
-                value: ctx.affinity_cookie.as_deref(),
+                // session-cookie-change-on-failure: a retry starts a new session.
+                value: if c.change_on_failure && !ctx.tried.is_empty() {
+                    None
+                } else {
+                    ctx.affinity_cookie.as_deref()
+                },
                 mode: c.mode,
             },
         };

@@ -551,3 +551,65 @@ async fn the_controller_configmap_sets_defaults_live() {
         assert_eq!(env.get("cm.test", "/").await.0, 200);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_pinned_endpoint_changes_the_cookie_only_when_asked() {
+    let hangup = Hangup::start().await;
+    let good = echo("good").await;
+    let files = vec![
+        ("svc.yaml", service_yaml("s", &[hangup.addr.port(), good.addr().port()])),
+        (
+            "keep.yaml",
+            ingress(
+                "keep",
+                "keep.test",
+                "s",
+                &[("affinity", "cookie"), ("affinity-mode", "persistent")],
+            ),
+        ),
+        (
+            "change.yaml",
+            ingress(
+                "change",
+                "change.test",
+                "s",
+                &[
+                    ("affinity", "cookie"),
+                    ("affinity-mode", "persistent"),
+                    ("session-cookie-change-on-failure", "true"),
+                ],
+            ),
+        ),
+    ];
+    let env = start(&files, no_ejection()).await;
+    // A session pinned to the endpoint that hangs up.
+    let pinned = format!("INGRESSCOOKIE={:016x}", kingress_balance::endpoint_key(&hangup.addr));
+    let get = |host: &'static str| {
+        let env = &env;
+        let pinned = pinned.clone();
+        async move {
+            let resp = env
+                .client
+                .get(env.url("/"))
+                .header("host", host)
+                .header("cookie", pinned)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "retried on the other endpoint");
+            let set = set_cookie_of(&resp);
+            (name_of(&resp.json().await.unwrap()), set)
+        }
+    };
+    let before = hangup.accepted();
+    let (to, set) = get("keep.test").await;
+    assert_eq!(hangup.accepted(), before + 1, "the pinned endpoint was tried first");
+    assert_eq!(to, "good");
+    assert!(set.is_none(), "the session stays pinned: {set:?}");
+
+    let (to, set) = get("change.test").await;
+    assert_eq!(to, "good");
+    let set = set.expect("session-cookie-change-on-failure re-pins the session");
+    let expected = format!("INGRESSCOOKIE={:016x};", kingress_balance::endpoint_key(&good.addr()));
+    assert!(set.starts_with(&expected), "{set}");
+}
