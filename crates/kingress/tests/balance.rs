@@ -44,6 +44,51 @@ fn name_of(v: &serde_json::Value) -> String {
     v["name"].as_str().unwrap_or_default().to_string()
 }
 
+/// Echo backends "a", "b" and "c", and their ports.
+async fn three_echoes() -> (Vec<EchoHandle>, Vec<u16>) {
+    let backends = vec![echo("a").await, echo("b").await, echo("c").await];
+    let ports = backends.iter().map(|b| b.addr().port()).collect();
+    (backends, ports)
+}
+
+/// What the tests look at in an answer.
+struct Reply {
+    status: u16,
+    /// The echo's name ("" when the answer is not the echo's).
+    to: String,
+    set_cookie: Option<String>,
+}
+
+async fn send(env: &Env, method: reqwest::Method, host: &str, headers: &[(&str, String)]) -> Reply {
+    let mut req = env
+        .client
+        .request(method, env.url("/"))
+        .header("host", host)
+        .body("payload");
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let set_cookie = resp
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    Reply {
+        status,
+        to: name_of(&body),
+        set_cookie,
+    }
+}
+
+/// GET through the gateway, expecting 200.
+async fn get_ok(env: &Env, host: &str, headers: &[(&str, String)]) -> Reply {
+    let r = send(env, reqwest::Method::GET, host, headers).await;
+    assert_eq!(r.status, 200, "{host}");
+    r
+}
+
 /// A backend that accepts, reads the request head and closes without answering;
 /// counts the connections it got.
 struct Hangup {
@@ -101,8 +146,7 @@ fn no_ejection() -> ProxySettings {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_is_even_and_the_default() {
-    let backends = [echo("a").await, echo("b").await, echo("c").await];
-    let ports: Vec<u16> = backends.iter().map(|b| b.addr().port()).collect();
+    let (_backends, ports) = three_echoes().await;
     let files = vec![
         ("svc.yaml", service_yaml("s", &ports)),
         ("ing.yaml", ingress("i", "rr.test", "s", &[])),
@@ -156,8 +200,7 @@ async fn ewma_sends_little_to_a_slow_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consistent_hash_keeps_keys_and_moves_few_on_scale_down() {
-    let backends = [echo("a").await, echo("b").await, echo("c").await];
-    let ports: Vec<u16> = backends.iter().map(|b| b.addr().port()).collect();
+    let (_backends, ports) = three_echoes().await;
     let files = vec![
         ("svc.yaml", service_yaml("s", &ports)),
         (
@@ -168,18 +211,7 @@ async fn consistent_hash_keeps_keys_and_moves_few_on_scale_down() {
     let env = start(&files, ProxySettings::default()).await;
     let owner = |user: String| {
         let env = &env;
-        async move {
-            let resp = env
-                .client
-                .get(env.url("/"))
-                .header("host", "hash.test")
-                .header("x-user", user)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 200);
-            name_of(&resp.json().await.unwrap())
-        }
+        async move { get_ok(env, "hash.test", &[("x-user", user)]).await.to }
     };
     let mut before = HashMap::new();
     for u in 0..40 {
@@ -212,16 +244,9 @@ async fn consistent_hash_keeps_keys_and_moves_few_on_scale_down() {
     }
 }
 
-fn set_cookie_of(resp: &reqwest::Response) -> Option<String> {
-    resp.headers()
-        .get("set-cookie")
-        .map(|v| v.to_str().unwrap().to_string())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cookie_affinity_pins_sessions_and_falls_back() {
-    let backends = [echo("a").await, echo("b").await, echo("c").await];
-    let ports: Vec<u16> = backends.iter().map(|b| b.addr().port()).collect();
+    let (_backends, ports) = three_echoes().await;
     let files = vec![
         ("svc.yaml", service_yaml("s", &ports)),
         (
@@ -252,14 +277,9 @@ async fn cookie_affinity_pins_sessions_and_falls_back() {
     let get = |host: &'static str, cookie: Option<String>| {
         let env = &env;
         async move {
-            let mut req = env.client.get(env.url("/")).header("host", host);
-            if let Some(c) = cookie {
-                req = req.header("cookie", c);
-            }
-            let resp = req.send().await.unwrap();
-            assert_eq!(resp.status(), 200);
-            let set = set_cookie_of(&resp);
-            (name_of(&resp.json().await.unwrap()), set)
+            let headers: Vec<(&str, String)> = cookie.into_iter().map(|c| ("cookie", c)).collect();
+            let r = get_ok(env, host, &headers).await;
+            (r.to, r.set_cookie)
         }
     };
 
@@ -347,17 +367,7 @@ async fn a_sent_request_is_retried_only_when_idempotent() {
     let env = start(&files, no_ejection()).await;
     let send = |method: reqwest::Method, host: &'static str| {
         let env = &env;
-        async move {
-            env.client
-                .request(method, env.url("/"))
-                .header("host", host)
-                .body("payload")
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
+        async move { send(env, method, host, &[]).await.status }
     };
     // GET (idempotent): the hang-up moves to the good endpoint, every time.
     for _ in 0..6 {
@@ -588,17 +598,9 @@ async fn a_failed_pinned_endpoint_changes_the_cookie_only_when_asked() {
         let env = &env;
         let pinned = pinned.clone();
         async move {
-            let resp = env
-                .client
-                .get(env.url("/"))
-                .header("host", host)
-                .header("cookie", pinned)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 200, "retried on the other endpoint");
-            let set = set_cookie_of(&resp);
-            (name_of(&resp.json().await.unwrap()), set)
+            // 200: retried on the other endpoint.
+            let r = get_ok(env, host, &[("cookie", pinned)]).await;
+            (r.to, r.set_cookie)
         }
     };
     let before = hangup.accepted();
