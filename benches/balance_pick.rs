@@ -124,12 +124,27 @@ fn picks(c: &mut Criterion) {
         let mut rng = SmallRng::seed_from_u64(5);
         let mode = AffinityMode::Persistent;
         // A new session gets its cookie; this also builds the key index outside the timing.
-        let cookie = match f.balanced.pick(&f.id, Strategy::Cookie { value: None, mode }, &[], NOW, &mut rng) {
+        let cookie = match f
+            .balanced
+            .pick(&f.id, Strategy::Cookie { value: None, mode }, &[], NOW, &mut rng)
+        {
             Pick::Endpoint(c) => c.cookie.expect("a new persistent session gets a cookie"),
             other => panic!("no endpoint: {other:?}"),
         };
-        let warm = f.balanced.pick(&f.id, Strategy::Cookie { value: Some(&cookie), mode }, &[], NOW, &mut rng);
-        assert!(matches!(&warm, Pick::Endpoint(c) if c.cookie.is_none()), "the cookie is valid");
+        let warm = f.balanced.pick(
+            &f.id,
+            Strategy::Cookie {
+                value: Some(&cookie),
+                mode,
+            },
+            &[],
+            NOW,
+            &mut rng,
+        );
+        assert!(
+            matches!(&warm, Pick::Endpoint(c) if c.cookie.is_none()),
+            "the cookie is valid"
+        );
         group.bench_with_input(BenchmarkId::from_parameter(n), f, |b, f| {
             b.iter(|| {
                 let strategy = Strategy::Cookie {
@@ -148,7 +163,10 @@ fn picks(c: &mut Criterion) {
         let mut rng = SmallRng::seed_from_u64(6);
         let mode = AffinityMode::Balanced;
         // A new session gets its key (and the ring is built outside the timing).
-        let session = match f.balanced.pick(&f.id, Strategy::Cookie { value: None, mode }, &[], NOW, &mut rng) {
+        let session = match f
+            .balanced
+            .pick(&f.id, Strategy::Cookie { value: None, mode }, &[], NOW, &mut rng)
+        {
             Pick::Endpoint(c) => c.cookie.expect("a new balanced session gets a cookie"),
             other => panic!("no endpoint: {other:?}"),
         };
