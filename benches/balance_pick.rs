@@ -53,7 +53,7 @@ fn fixture(n: usize) -> Fixture {
         // A few samples each: 1.0 ms to ~1.5 ms, different per endpoint.
         for k in 0..4u64 {
             let rtt = 1_000_000 + (i as u64 % 500) * 1_000 + k * 10_000;
-            stats.observe(rtt, 2 * SECOND + k * 1_000_000);
+            stats.observe(rtt, 0, 2 * SECOND + k * 1_000_000);
         }
     }
     Fixture { balanced, id, addrs }

@@ -7,7 +7,8 @@
 //! rolling update never resets what was learnt; a removed endpoint keeps its stats for
 //! the requests still on it (they hold the old generation).
 //!
-//! Algorithms ([`Strategy`]): round-robin; EWMA with power of two choices; consistent
+//! Algorithms ([`Strategy`]): round-robin; EWMA with power of two choices (see
+//! [`EndpointStats::score`]); consistent
 //! hashing of a request key over a ring; cookie affinity (balanced: the cookie is a ring
 //! key; persistent: the cookie names the endpoint). Ejected endpoints are skipped while
 //! any other endpoint can serve; when all are ejected they are all tried again.
@@ -187,23 +188,24 @@ impl Balanced {
         for (id, set) in table.iter() {
             let old = previous.and_then(|p| p.backends.get(id));
             let carried = |a: &SocketAddr| previous.and_then(|p| p.stats.get(a)).cloned();
-            let known: Vec<f64> = set
+            // (latency, typical load) of the endpoints that stay and have been measured.
+            let known: Vec<(f64, f64)> = set
                 .addrs
                 .iter()
-                .filter_map(|a| carried(a).and_then(|s| s.latency(now)))
+                .filter_map(|a| carried(a).and_then(|s| Some((s.latency(now)?, s.typical_load()))))
                 .collect();
-            let mean = if known.is_empty() {
-                0.0
-            } else {
-                known.iter().sum::<f64>() / known.len() as f64
-            };
+            let n = known.len().max(1) as f64;
+            let mean_latency = known.iter().map(|k| k.0).sum::<f64>() / n;
+            let mean_load = known.iter().map(|k| k.1).sum::<f64>() / n;
             let per_endpoint = set
                 .addrs
                 .iter()
                 .map(|a| {
                     stats
                         .entry(*a)
-                        .or_insert_with(|| carried(a).unwrap_or_else(|| Arc::new(EndpointStats::seeded(mean, now))))
+                        .or_insert_with(|| {
+                            carried(a).unwrap_or_else(|| Arc::new(EndpointStats::seeded(mean_latency, mean_load, now)))
+                        })
                         .clone()
                 })
                 .collect();

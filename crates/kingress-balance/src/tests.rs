@@ -117,7 +117,7 @@ fn ewma_avoids_the_slow_endpoint() {
     let b = balanced(3);
     let now = 5 * SECOND;
     for (i, rtt) in [(0, MS), (1, MS), (2, 10 * MS)] {
-        b.stats(&addr(i)).unwrap().observe(rtt, now);
+        b.stats(&addr(i)).unwrap().observe(rtt, 0, now);
     }
     let c = counts(&b, Strategy::Ewma, 10_000, now);
     let slow = c.get(&addr(2)).copied().unwrap_or(0);
@@ -135,8 +135,8 @@ fn ewma_avoids_the_slow_endpoint() {
 fn ewma_weighs_in_flight_requests() {
     let b = balanced(2);
     let now = 5 * SECOND;
-    b.stats(&addr(0)).unwrap().observe(MS, now);
-    b.stats(&addr(1)).unwrap().observe(4 * MS, now);
+    b.stats(&addr(0)).unwrap().observe(MS, 0, now);
+    b.stats(&addr(1)).unwrap().observe(4 * MS, 0, now);
     let mut r = rng();
     // Load up the fast endpoint: 1 ms x 8 in flight scores worse than 4 ms x 1.
     let guards: Vec<InFlight> = (0..7).map(|_| b.stats(&addr(0)).unwrap().begin()).collect();
@@ -151,7 +151,7 @@ fn ewma_with_many_endpoints_spreads_over_the_fast_ones() {
     let now = 5 * SECOND;
     for i in 0..100 {
         let rtt = if i % 10 == 0 { 20 * MS } else { MS };
-        b.stats(&addr(i)).unwrap().observe(rtt, now);
+        b.stats(&addr(i)).unwrap().observe(rtt, 0, now);
     }
     let c = counts(&b, Strategy::Ewma, 100_000, now);
     let slow: usize = (0..100)
@@ -167,12 +167,13 @@ fn ewma_with_many_endpoints_spreads_over_the_fast_ones() {
 fn scores_survive_updates_and_new_endpoints_start_fair() {
     let now = 5 * SECOND;
     let a = balanced(2);
-    a.stats(&addr(0)).unwrap().observe(2 * MS, now);
-    a.stats(&addr(1)).unwrap().observe(4 * MS, now);
+    a.stats(&addr(0)).unwrap().observe(2 * MS, 2, now);
+    a.stats(&addr(1)).unwrap().observe(4 * MS, 4, now);
     let b = Balanced::new(table(3), Some(&a), now, HealthPolicy::default());
     assert!(Arc::ptr_eq(a.stats(&addr(0)).unwrap(), b.stats(&addr(0)).unwrap()));
     let seeded = b.stats(&addr(2)).unwrap().latency(now).unwrap();
     assert!((seeded - 3.0 * MS as f64).abs() < 1.0, "mean of the others: {seeded}");
+    assert_eq!(b.stats(&addr(2)).unwrap().typical_load(), 3.0, "and their mean load");
     // It is not flooded: it gets about its share, not everything.
     let c = counts(&b, Strategy::Ewma, 3_000, now);
     let new = c.get(&addr(2)).copied().unwrap_or(0);

@@ -358,9 +358,8 @@ impl ProxyHttp for Gateway {
         if let Some(a) = ctx.attempt.as_mut().filter(|a| !a.answered) {
             a.answered = true;
             let now = self.tables.now();
-            let stats = a.in_flight.stats();
-            stats.observe(now.saturating_sub(a.started), now);
-            stats.record_success();
+            a.in_flight.observe(now.saturating_sub(a.started), now);
+            a.in_flight.stats().record_success();
         }
         Ok(())
     }
