@@ -89,8 +89,9 @@ async fn get_ok(env: &Env, host: &str, headers: &[(&str, String)]) -> Reply {
     r
 }
 
-/// A backend that accepts, reads the request head and closes without answering;
-/// counts the connections it got.
+/// A backend that accepts, reads the request head and then closes without answering
+/// (or, silent, keeps the connection open and never answers); counts the connections
+/// it got.
 struct Hangup {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
@@ -99,6 +100,14 @@ struct Hangup {
 
 impl Hangup {
     async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    async fn silent() -> Self {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(silent: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -114,6 +123,10 @@ impl Hangup {
                             Ok(0) | Err(_) => return,
                             Ok(n) => seen.extend_from_slice(&buf[..n]),
                         }
+                    }
+                    if silent {
+                        // Hold the connection open until the client gives up.
+                        while !matches!(s.read(&mut buf).await, Ok(0) | Err(_)) {}
                     }
                     drop(s);
                 });
@@ -614,4 +627,39 @@ async fn a_failed_pinned_endpoint_changes_the_cookie_only_when_asked() {
     let set = set.expect("session-cookie-change-on-failure re-pins the session");
     let expected = format!("INGRESSCOOKIE={:016x};", kingress_balance::endpoint_key(&good.addr()));
     assert!(set.starts_with(&expected), "{set}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_timeout_moves_idempotent_requests_only() {
+    let silent = Hangup::silent().await;
+    let good = echo("good").await;
+    let files = vec![
+        ("svc.yaml", service_yaml("s", &[silent.addr.port(), good.addr().port()])),
+        ("ing.yaml", ingress("i", "slow.test", "s", &[])),
+    ];
+    let settings = ProxySettings {
+        read_timeout: Duration::from_millis(300),
+        ..no_ejection()
+    };
+    let env = start(&files, settings).await;
+    // Round-robin over two endpoints: a GET that meets the silent endpoint times out
+    // there and moves on; every GET answers 200.
+    for _ in 0..4 {
+        let r = send(&env, reqwest::Method::GET, "slow.test", &[]).await;
+        assert_eq!((r.status, r.to.as_str()), (200, "good"));
+    }
+    assert!(silent.accepted() >= 1, "round-robin reached the silent endpoint");
+    // A POST that times out on the silent endpoint is not sent again: 504.
+    let mut timed_out = 0;
+    for _ in 0..4 {
+        let before = silent.accepted();
+        let status = send(&env, reqwest::Method::POST, "slow.test", &[]).await.status;
+        if silent.accepted() > before {
+            assert_eq!(status, 504, "the POST met the silent endpoint and stayed there");
+            timed_out += 1;
+        } else {
+            assert_eq!(status, 200);
+        }
+    }
+    assert!(timed_out >= 1);
 }
