@@ -29,23 +29,72 @@ impl Default for PolicyDefaults {
     }
 }
 
-/// Reads the controller ConfigMap (`--configmap NAMESPACE/NAME`) into the default
-/// policy every Ingress starts from.
+/// The controller-wide settings: the ConfigMap over the flags over ingress-nginx's
+/// defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ControllerSettings {
+    /// The policy every Ingress starts from.
+    pub policy: BackendPolicy,
+    /// `ssl-redirect` (default true): redirect plain HTTP for hosts with TLS.
+    pub ssl_redirect: bool,
+    /// `force-ssl-redirect` (default false): redirect even without TLS.
+    pub force_ssl_redirect: bool,
+    /// `hsts`, `hsts-max-age`, `hsts-include-subdomains`, `hsts-preload`, as a header value.
+    pub hsts: Option<String>,
+}
+
+struct Hsts {
+    enabled: bool,
+    max_age: u64,
+    include_subdomains: bool,
+    preload: bool,
+}
+
+impl Hsts {
+    fn header(&self) -> Option<String> {
+        if !self.enabled {
+            return None;
+        }
+        let mut v = format!("max-age={}", self.max_age);
+        if self.include_subdomains {
+            v.push_str("; includeSubDomains");
+        }
+        if self.preload {
+            v.push_str("; preload");
+        }
+        Some(v)
+    }
+}
+
+/// Reads the controller ConfigMap (`--configmap NAMESPACE/NAME`) into the settings every
+/// Ingress starts from.
 pub(crate) fn controller_defaults(
     snapshot: &Snapshot,
     config_map: Option<&(String, String)>,
     flags: &PolicyDefaults,
     diagnostics: &mut Vec<Diagnostic>,
-) -> BackendPolicy {
-    let mut policy = BackendPolicy {
-        balance: Balance::RoundRobin,
-        retry: RetryPolicy {
-            tries: flags.tries.max(1),
-            ..RetryPolicy::default()
+) -> ControllerSettings {
+    let mut settings = ControllerSettings {
+        policy: BackendPolicy {
+            balance: Balance::RoundRobin,
+            retry: RetryPolicy {
+                tries: flags.tries.max(1),
+                ..RetryPolicy::default()
+            },
         },
+        ssl_redirect: true,
+        force_ssl_redirect: false,
+        hsts: None,
+    };
+    let mut hsts = Hsts {
+        enabled: true,
+        max_age: 31_536_000,
+        include_subdomains: true,
+        preload: false,
     };
     let Some((namespace, name)) = config_map else {
-        return policy;
+        settings.hsts = hsts.header();
+        return settings;
     };
     let found = snapshot
         .config_maps
@@ -56,18 +105,46 @@ pub(crate) fn controller_defaults(
             ObjectRef::new("ConfigMap", namespace.as_str(), name.as_str()),
             "the controller ConfigMap (--configmap) does not exist; built-in defaults apply",
         ));
-        return policy;
+        settings.hsts = hsts.header();
+        return settings;
     };
     let mut obj = object_ref("ConfigMap", &cm.metadata);
     obj.namespace = namespace.clone();
     let empty = BTreeMap::new();
     let data = cm.data.as_ref().unwrap_or(&empty);
+    let get = |key: &str| data.get(key).map(String::as_str);
     let mut problems = Vec::new();
-    apply_settings(&mut policy, |key| data.get(key).map(String::as_str), &mut problems);
+    apply_settings(&mut settings.policy, get, &mut problems);
+    for (key, slot) in [
+        ("ssl-redirect", &mut settings.ssl_redirect),
+        ("force-ssl-redirect", &mut settings.force_ssl_redirect),
+        ("hsts", &mut hsts.enabled),
+        ("hsts-include-subdomains", &mut hsts.include_subdomains),
+        ("hsts-preload", &mut hsts.preload),
+    ] {
+        read_bool(get(key), key, slot, &mut problems);
+    }
+    if let Some(v) = get("hsts-max-age") {
+        match v.trim().parse::<u64>() {
+            Ok(n) => hsts.max_age = n,
+            Err(_) => problems.push(format!("hsts-max-age: {v:?} is not a number of seconds; ignored")),
+        }
+    }
+    settings.hsts = hsts.header();
     for p in problems {
         diagnostics.push(Diagnostic::object(obj.clone(), p));
     }
-    policy
+    settings
+}
+
+/// A "true"/"false" setting; anything else is a problem and keeps `slot`.
+pub(crate) fn read_bool(value: Option<&str>, key: &str, slot: &mut bool, problems: &mut Vec<String>) {
+    match value.map(str::trim) {
+        None => {}
+        Some("true") => *slot = true,
+        Some("false") => *slot = false,
+        Some(other) => problems.push(format!("{key}: {other:?} is not \"true\" or \"false\"; ignored")),
+    }
 }
 
 /// The policy of one Ingress: its annotations over `defaults`. Problems are returned as
@@ -192,13 +269,7 @@ fn read_cookie<'a>(get: &impl Fn(&str) -> Option<&'a str>, cookie: &mut CookieAf
         ("session-cookie-secure", &mut cookie.secure),
         ("session-cookie-change-on-failure", &mut cookie.change_on_failure),
     ] {
-        if let Some(v) = get(key) {
-            match v.trim() {
-                "true" => *slot = true,
-                "false" => *slot = false,
-                _ => problems.push(format!("{key}: {v:?} is not \"true\" or \"false\"; ignored")),
-            }
-        }
+        read_bool(get(key), key, slot, problems);
     }
     match get("affinity-mode").map(str::trim) {
         None | Some("") | Some("balanced") => cookie.mode = AffinityMode::Balanced,

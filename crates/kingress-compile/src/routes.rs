@@ -13,7 +13,7 @@ use kingress_model::host::HostPattern;
 use kingress_model::{BackendId, Config, ConfigBuilder, Diagnostic, Route, RouteSource};
 
 use crate::class::ClassFilter;
-use crate::policy::{controller_defaults, ingress_policy};
+use crate::policy::{ANNOTATION_PREFIX, controller_defaults, ingress_policy, read_bool};
 use crate::validate::{PortRef, Protocol, ServiceRef, ValidService, validate_ingress, validate_service};
 use crate::{CompileOptions, Snapshot, namespace_of, object_ref};
 
@@ -108,7 +108,7 @@ pub fn compile_routes(snapshot: &Snapshot, options: &CompileOptions) -> (Config,
     let mut diagnostics = Vec::new();
     let services = ServiceIndex::build(snapshot, &mut diagnostics);
     let filter = ClassFilter::new(&options.class, &snapshot.ingress_classes);
-    let defaults = controller_defaults(
+    let settings = controller_defaults(
         snapshot,
         options.config_map.as_ref(),
         &options.defaults,
@@ -127,7 +127,9 @@ pub fn compile_routes(snapshot: &Snapshot, options: &CompileOptions) -> (Config,
         key(a).cmp(&key(b))
     });
 
+    let tls_hosts = TlsHosts::of(&ingresses);
     let mut builder = ConfigBuilder::new();
+    builder.set_hsts(settings.hsts.clone());
     for ing in ingresses {
         let mut obj = object_ref("Ingress", &ing.metadata);
         let namespace = namespace_of(&ing.metadata).to_string();
@@ -145,11 +147,27 @@ pub fn compile_routes(snapshot: &Snapshot, options: &CompileOptions) -> (Config,
         for w in &valid.warnings {
             diagnostics.push(Diagnostic::object(obj.clone(), w.clone()));
         }
-        let (policy, problems) = ingress_policy(ing.metadata.annotations.as_ref(), &defaults);
+        let (policy, mut problems) = ingress_policy(ing.metadata.annotations.as_ref(), &settings.policy);
+        let (mut ssl_redirect, mut force_ssl_redirect) = (settings.ssl_redirect, settings.force_ssl_redirect);
+        for (key, slot) in [
+            ("ssl-redirect", &mut ssl_redirect),
+            ("force-ssl-redirect", &mut force_ssl_redirect),
+        ] {
+            let value = ing
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(&format!("{ANNOTATION_PREFIX}{key}")))
+                .map(String::as_str);
+            let mut bad = Vec::new();
+            read_bool(value, key, slot, &mut bad);
+            problems.extend(bad.into_iter().map(|p| format!("annotation {ANNOTATION_PREFIX}{p}")));
+        }
         for p in problems {
             diagnostics.push(Diagnostic::object(obj.clone(), p));
         }
         let policy = Arc::new(policy);
+        let redirect_for = |host: &str| force_ssl_redirect || (ssl_redirect && tls_hosts.covers(host));
         let mut route_for = |backend: &ServiceRef, host: &str, path: &str, path_type| {
             let (id, problem) = services.resolve(&namespace, backend);
             if let Some(problem) = problem {
@@ -164,6 +182,7 @@ pub fn compile_routes(snapshot: &Snapshot, options: &CompileOptions) -> (Config,
                     path_type,
                 },
                 policy: policy.clone(),
+                https_redirect: redirect_for(host),
             })
         };
 
@@ -233,4 +252,38 @@ fn display_host(h: &str) -> &str {
 
 pub(crate) fn port_key_for(ns_name: &(String, String), port: u16) -> BackendId {
     BackendId::new(&ns_name.0, &ns_name.1, &port.to_string())
+}
+
+/// The hosts our Ingresses list under `spec.tls` (lowercased, as written): a server with
+/// TLS, whose plain-HTTP requests are redirected (ingress-nginx's `ssl-redirect`).
+struct TlsHosts(HashSet<String>);
+
+impl TlsHosts {
+    fn of(ingresses: &[&Ingress]) -> Self {
+        let hosts = ingresses
+            .iter()
+            .filter_map(|i| i.spec.as_ref()?.tls.as_ref())
+            .flatten()
+            .filter_map(|t| t.hosts.as_ref())
+            .flatten()
+            .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+            .collect();
+        Self(hosts)
+    }
+
+    /// Whether a rule host (as written; "" for none) has TLS: listed itself, or covered
+    /// by a listed single-label wildcard.
+    fn covers(&self, host: &str) -> bool {
+        if host.is_empty() {
+            return false;
+        }
+        let host = host.to_ascii_lowercase();
+        if self.0.contains(&host) {
+            return true;
+        }
+        match host.split_once('.') {
+            Some((first, rest)) if first != "*" => self.0.contains(&format!("*.{rest}")),
+            _ => false,
+        }
+    }
 }

@@ -671,3 +671,82 @@ fn the_configmap_sets_defaults_that_annotations_override() {
     assert!(c.diagnostics.iter().any(|d| d.to_string().contains("does not exist")));
     assert_eq!(policy_of(&c, "plain.com").balance, Balance::RoundRobin);
 }
+
+// ---- HTTPS redirects and HSTS ----
+
+fn with_tls(name: &str, host: &str, tls_hosts: Value, annotations: Value) -> Ingress {
+    let spec = json!({
+        "ingressClassName": "kingress",
+        "tls": [{"hosts": tls_hosts, "secretName": "cert"}],
+        "rules": [{"host": host, "http": {"paths": [path("/app", "Prefix", "s1")]}}],
+    });
+    ingress_with(name, json!({"annotations": annotations}), spec)
+}
+
+fn redirects(c: &Compiled, host: &str) -> bool {
+    c.config.lookup(Some(host), "/app").expect("route").https_redirect
+}
+
+#[test]
+fn hosts_with_tls_redirect_unless_told_not_to() {
+    let s = snapshot(
+        vec![
+            with_tls("secure", "secure.com", json!(["secure.com"]), json!({})),
+            with_tls("wild", "a.wild.com", json!(["*.wild.com"]), json!({})),
+            with_tls(
+                "optout",
+                "optout.com",
+                json!(["optout.com"]),
+                json!({format!("{P}ssl-redirect"): "false"}),
+            ),
+            annotated("plain", "plain.com", json!({})),
+            annotated(
+                "forced",
+                "forced.com",
+                json!({format!("{P}force-ssl-redirect"): "true"}),
+            ),
+            annotated("bad", "bad.com", json!({format!("{P}force-ssl-redirect"): "yes"})),
+        ],
+        &["s1"],
+    );
+    let c = run(&s);
+    assert!(redirects(&c, "secure.com"));
+    assert!(redirects(&c, "a.wild.com"), "covered by a wildcard tls host");
+    assert!(!redirects(&c, "optout.com"));
+    assert!(!redirects(&c, "plain.com"), "no tls section");
+    assert!(redirects(&c, "forced.com"));
+    assert!(!redirects(&c, "bad.com"));
+    assert!(
+        c.diagnostics
+            .iter()
+            .any(|d| d.to_string().contains("force-ssl-redirect") && d.to_string().contains("\"yes\"")),
+        "{:?}",
+        c.diagnostics
+    );
+    assert_eq!(
+        c.config.hsts().map(|h| h.to_string()),
+        Some("max-age=31536000; includeSubDomains".to_string())
+    );
+}
+
+#[test]
+fn the_configmap_turns_redirects_and_hsts_off_or_changes_them() {
+    let mut s = snapshot(
+        vec![with_tls("secure", "secure.com", json!(["secure.com"]), json!({}))],
+        &["s1"],
+    );
+    s.config_maps
+        .push(config_map(json!({"ssl-redirect": "false", "hsts": "false"})));
+    let c = compile(&s, &cm_options());
+    assert!(!redirects(&c, "secure.com"));
+    assert_eq!(c.config.hsts(), None);
+    s.config_maps = vec![config_map(json!({
+        "hsts-max-age": "600", "hsts-include-subdomains": "false", "hsts-preload": "true",
+    }))];
+    let c = compile(&s, &cm_options());
+    assert!(redirects(&c, "secure.com"));
+    assert_eq!(
+        c.config.hsts().map(|h| h.to_string()),
+        Some("max-age=600; preload".to_string())
+    );
+}

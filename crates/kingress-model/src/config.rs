@@ -68,6 +68,9 @@ pub struct Route {
     pub source: RouteSource,
     /// Balancing and retries; shared by the routes of one Ingress.
     pub policy: Arc<BackendPolicy>,
+    /// Plain-HTTP requests get a 308 to https (the host has TLS and `ssl-redirect` is not
+    /// "false", or `force-ssl-redirect` is "true").
+    pub https_redirect: bool,
 }
 
 /// One host's paths and default backend (an nginx `server` block).
@@ -91,6 +94,8 @@ pub struct Config {
     wildcard: HashMap<String, Server>,
     /// Rules without a host, and the catch-all default backend.
     default_server: Server,
+    /// The Strict-Transport-Security value for HTTPS responses (`None`: not sent).
+    hsts: Option<Arc<str>>,
 }
 
 impl Config {
@@ -127,6 +132,11 @@ impl Config {
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out.insert(0, (String::new(), &self.default_server));
         out
+    }
+
+    /// The Strict-Transport-Security header value for HTTPS responses.
+    pub fn hsts(&self) -> Option<&Arc<str>> {
+        self.hsts.as_ref()
     }
 
     /// Number of path routes in all servers.
@@ -209,6 +219,10 @@ impl ConfigBuilder {
         }
     }
 
+    pub fn set_hsts(&mut self, value: Option<String>) {
+        self.config.hsts = value.map(Arc::from);
+    }
+
     pub fn build(self) -> Config {
         self.config
     }
@@ -228,6 +242,7 @@ mod tests {
                 path_type: None,
             },
             policy: Arc::default(),
+            https_redirect: false,
         })
     }
 

@@ -62,6 +62,8 @@ pub struct RequestCtx {
     set_cookie: Option<String>,
     request_id: String,
     body_bytes: u64,
+    /// HTTPS: the Strict-Transport-Security value to add to the response.
+    hsts: Option<Arc<str>>,
 }
 
 struct Attempt {
@@ -84,6 +86,18 @@ impl Gateway {
         if !keepalive {
             session.set_keepalive(None);
         }
+        let head_only = session.req_header().method == http::Method::HEAD;
+        session.write_response_header(Box::new(header), head_only).await?;
+        if !head_only {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(true)
+    }
+
+    /// 308 to `location`, as ingress-nginx's ssl-redirect.
+    async fn redirect(&self, session: &mut Session, location: &str) -> Result<bool> {
+        let (mut header, body) = error_page(308)?;
+        header.insert_header(header::LOCATION, location)?;
         let head_only = session.req_header().method == http::Method::HEAD;
         session.write_response_header(Box::new(header), head_only).await?;
         if !head_only {
@@ -131,6 +145,26 @@ pub fn build_proxy(tables: Arc<Tables>, settings: ProxySettings) -> Arc<HttpProx
     options.h2c = false;
     proxy.server_options = Some(options);
     Arc::new(proxy)
+}
+
+/// Certificate issuers (ACME HTTP-01) must reach these over plain HTTP.
+const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
+
+/// `https://host[:port]/path?query` for a plain-HTTP request; the port is omitted when
+/// it is 443 or unknown.
+fn https_location(req: &RequestHeader, port: Option<u16>) -> Option<String> {
+    let raw = request_host(req)?;
+    let host = kingress_model::host::normalize_request_host(raw)?;
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    let uri = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    Some(match port {
+        Some(p) if p != 443 => format!("https://{host}:{p}{uri}"),
+        _ => format!("https://{host}{uri}"),
+    })
 }
 
 fn request_host(req: &RequestHeader) -> Option<&str> {
@@ -193,6 +227,15 @@ impl ProxyHttp for Gateway {
             tracing::debug!(host = ?request_host(req), path = req.uri.path(), "no route: 404");
             return self.respond(session, 404, true).await;
         };
+        let tls = is_tls(session);
+        if tls {
+            ctx.hsts = config.hsts().cloned();
+        } else if route.https_redirect
+            && !req.uri.path().starts_with(ACME_CHALLENGE)
+            && let Some(location) = https_location(req, self.settings.https_redirect_port)
+        {
+            return self.redirect(session, &location).await;
+        }
 
         if let Some(limit) = self.settings.max_body_bytes {
             let declared = req
@@ -407,6 +450,11 @@ impl ProxyHttp for Gateway {
         if !response.headers.contains_key(header::SERVER) {
             response.insert_header(header::SERVER, SERVER)?;
         }
+        if let Some(hsts) = &ctx.hsts
+            && !response.headers.contains_key(header::STRICT_TRANSPORT_SECURITY)
+        {
+            response.insert_header(header::STRICT_TRANSPORT_SECURITY, hsts.as_ref())?;
+        }
         if let (Some(value), Some(route)) = (ctx.set_cookie.take(), &ctx.route)
             && let Balance::Cookie(c) = &route.policy.balance
         {
@@ -453,6 +501,26 @@ impl ProxyHttp for Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn https_locations_keep_host_path_and_query() {
+        let mut req = RequestHeader::build("GET", b"/a/b?x=1&y=2", None).unwrap();
+        req.insert_header("host", "Example.COM:8080").unwrap();
+        assert_eq!(
+            https_location(&req, Some(8443)).as_deref(),
+            Some("https://example.com:8443/a/b?x=1&y=2")
+        );
+        assert_eq!(
+            https_location(&req, Some(443)).as_deref(),
+            Some("https://example.com/a/b?x=1&y=2")
+        );
+        assert_eq!(
+            https_location(&req, None).as_deref(),
+            Some("https://example.com/a/b?x=1&y=2")
+        );
+        let no_host = RequestHeader::build("GET", b"/", None).unwrap();
+        assert_eq!(https_location(&no_host, Some(8443)), None);
+    }
 
     #[test]
     fn request_ids_are_32_lowercase_hex() {

@@ -25,6 +25,6 @@ pub mod state;
 
 pub use http::{Gateway, build_proxy};
 pub use kingress_balance::HealthPolicy;
-pub use listener::{WorkerPool, serve};
+pub use listener::{TlsListener, WorkerPool, serve, serve_with};
 pub use settings::ProxySettings;
 pub use state::Tables;

@@ -5,6 +5,10 @@
 //! `--http-listen` in production), so it drives the application directly: accept, wrap
 //! the socket in pingora's stream type, hand it to `ServerApp::process_new`.
 //!
+//! TLS: with a [`TlsListener`] every connection first completes a rustls handshake
+//! (certificate chosen by SNI by the caller's resolver, ALPN h2 or http/1.1), bounded
+//! in time and in how many run at once, before pingora sees the decrypted stream.
+//!
 //! Shutdown: stop accepting, tell the application (keep-alive is switched off and idle
 //! keep-alive connections are woken to close), then wait for open connections up to the
 //! grace period.
@@ -15,9 +19,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pingora_core::apps::ServerApp;
+use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::{GetSocketDigest, SocketDigest};
+use rustls::server::ResolvesServerCert;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 /// Single-threaded runtimes that run proxied connections, one connection on one thread
@@ -103,12 +110,56 @@ impl Drop for WorkerPool {
 /// Without a pool, connections run on the caller's runtime with `apps[0]`. With a pool,
 /// connections are dealt round-robin to the workers, worker `i` serving with `apps[i]`
 /// (`apps` is reused cyclically if shorter).
+/// TLS termination for a listener.
+pub struct TlsListener {
+    acceptor: Acceptor,
+    handshake_timeout: Duration,
+    /// Handshakes in progress at most; the others wait (within their timeout).
+    handshakes: Semaphore,
+}
+
+impl TlsListener {
+    /// TLS 1.2 and 1.3 with rustls's default (modern, AEAD-only) cipher suites, the
+    /// ring provider, ALPN h2 then http/1.1, and the certificate `resolver` picks by SNI.
+    pub fn new(
+        resolver: Arc<dyn ResolvesServerCert>,
+        handshake_timeout: Duration,
+        max_handshakes: usize,
+    ) -> Result<Self, rustls::Error> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver);
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Self {
+            acceptor: Acceptor::from_server_config(Arc::new(config)),
+            handshake_timeout,
+            handshakes: Semaphore::new(max_handshakes.max(1)),
+        })
+    }
+}
+
 pub async fn serve<A>(
     listener: TcpListener,
     apps: Vec<Arc<A>>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
     pool: Option<Arc<WorkerPool>>,
+) where
+    A: ServerApp + Send + Sync + 'static,
+{
+    serve_with(listener, apps, shutdown, grace, pool, None).await
+}
+
+/// [`serve`], with TLS termination when `tls` is given.
+pub async fn serve_with<A>(
+    listener: TcpListener,
+    apps: Vec<Arc<A>>,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+    pool: Option<Arc<WorkerPool>>,
+    tls: Option<Arc<TlsListener>>,
 ) where
     A: ServerApp + Send + Sync + 'static,
 {
@@ -138,9 +189,10 @@ pub async fn serve<A>(
                 next = next.wrapping_add(1);
                 let Some(app) = apps.get(slot % apps.len()).cloned() else { continue };
                 let shutdown_rx = shutdown_rx.clone();
+                let tls = tls.clone();
                 match pool.as_ref().and_then(|p| p.workers.get(slot % p.workers.len().max(1))) {
                     None => {
-                        tracker.spawn(handle_connection(tcp, peer, app, shutdown_rx));
+                        tracker.spawn(handle_connection(tcp, peer, app, shutdown_rx, tls));
                     }
                     Some(worker) => {
                         // Re-register the socket with the worker's own reactor, so its
@@ -148,7 +200,7 @@ pub async fn serve<A>(
                         let Ok(std_tcp) = tcp.into_std() else { continue };
                         let task = tracker.track_future(async move {
                             match tokio::net::TcpStream::from_std(std_tcp) {
-                                Ok(tcp) => handle_connection(tcp, peer, app, shutdown_rx).await,
+                                Ok(tcp) => handle_connection(tcp, peer, app, shutdown_rx, tls).await,
                                 Err(e) => tracing::debug!(error = %e, "cannot register the connection"),
                             }
                         });
@@ -174,6 +226,7 @@ async fn handle_connection<A>(
     peer: std::net::SocketAddr,
     app: Arc<A>,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    tls: Option<Arc<TlsListener>>,
 ) where
     A: ServerApp + Send + Sync + 'static,
 {
@@ -181,5 +234,20 @@ async fn handle_connection<A>(
     let mut stream = L4Stream::from(tcp);
     stream.set_socket_digest(SocketDigest::from_raw_fd(fd));
     tracing::trace!(%peer, "connection accepted");
-    let _ = app.process_new(Box::new(stream), &shutdown).await;
+    let Some(tls) = tls else {
+        let _ = app.process_new(Box::new(stream), &shutdown).await;
+        return;
+    };
+    // The timeout covers the wait for a handshake slot and the handshake itself.
+    let handshake = async {
+        let _permit = tls.handshakes.acquire().await.ok()?;
+        tls.acceptor.tls_handshake(stream).await.ok()
+    };
+    match tokio::time::timeout(tls.handshake_timeout, handshake).await {
+        Ok(Some(tls_stream)) => {
+            let _ = app.process_new(Box::new(tls_stream), &shutdown).await;
+        }
+        Ok(None) => tracing::debug!(%peer, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    }
 }

@@ -22,6 +22,13 @@ pub struct ProxySettings {
     pub shutdown_grace: Duration,
     /// Passive outlier ejection of endpoints that keep failing.
     pub health: HealthPolicy,
+    /// The HTTPS port put in ssl-redirect Locations (`--https-redirect-port`); `None` or
+    /// 443: no port in the URL.
+    pub https_redirect_port: Option<u16>,
+    /// How long a TLS handshake may take, waiting for a slot included.
+    pub tls_handshake_timeout: Duration,
+    /// TLS handshakes in progress at most, per listener.
+    pub max_tls_handshakes: usize,
 }
 
 impl Default for ProxySettings {
@@ -35,6 +42,9 @@ impl Default for ProxySettings {
             upstream_pool_size: 1024,
             shutdown_grace: Duration::from_secs(4),
             health: HealthPolicy::default(),
+            https_redirect_port: None,
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_tls_handshakes: 256,
         }
     }
 }

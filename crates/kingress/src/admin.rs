@@ -78,12 +78,20 @@ pub fn debug_config(controller: &Controller) -> serde_json::Value {
     let backends: serde_json::Map<String, serde_json::Value> =
         backends.into_iter().map(|(k, v)| (k, json!(v))).collect();
     let diagnostics: Vec<String> = controller.diagnostics().iter().map(|d| d.to_string()).collect();
+    let certificates: Vec<serde_json::Value> = controller
+        .certificates()
+        .load()
+        .hosts()
+        .into_iter()
+        .map(|(host, secret)| json!({"host": host, "secret": secret}))
+        .collect();
     json!({
         "ready": tables.is_ready(),
         "configGeneration": config_generation,
         "endpointsGeneration": endpoints_generation,
         "servers": servers,
         "backends": backends,
+        "certificates": certificates,
         "diagnostics": diagnostics,
     })
 }

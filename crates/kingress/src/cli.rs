@@ -27,7 +27,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the ingress gateway (from a folder of manifests with --manifests).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run an echo backend that answers every request with JSON describing it.
     Echo(EchoArgs),
     /// Run the gateway with echo backends from examples/quickstart and print curl commands.
@@ -39,7 +39,7 @@ pub struct ListenArgs {
     /// Address of the plain HTTP listener.
     #[arg(long, default_value = "127.0.0.1:8080", env = "KINGRESS_HTTP_LISTEN")]
     pub http_listen: SocketAddr,
-    /// Address of the HTTPS listener (TLS termination is not built yet; reserved).
+    /// Address of the HTTPS listener (TLS terminated by SNI, HTTP/2 by ALPN).
     #[arg(long, default_value = "127.0.0.1:8443", env = "KINGRESS_HTTPS_LISTEN")]
     pub https_listen: SocketAddr,
     /// Address of the admin listener (/healthz, /readyz, /debug/config).
@@ -69,6 +69,12 @@ pub struct ProxyArgs {
     /// failing, up to 30 times this.
     #[arg(long, default_value_t = 10.0, env = "KINGRESS_UPSTREAM_FAIL_TIMEOUT")]
     pub upstream_fail_timeout: f64,
+    /// How long a client may take to complete a TLS handshake, in seconds.
+    #[arg(long, default_value_t = 10.0, env = "KINGRESS_SSL_HANDSHAKE_TIMEOUT")]
+    pub ssl_handshake_timeout: f64,
+    /// TLS handshakes in progress at most per listener; more wait, within their timeout.
+    #[arg(long, default_value_t = 256, env = "KINGRESS_MAX_TLS_HANDSHAKES")]
+    pub max_tls_handshakes: usize,
     /// Largest client request body, nginx syntax (1m, 512k, 10485760); 0 for no limit (proxy-body-size).
     #[arg(long, default_value = "1m", env = "KINGRESS_PROXY_BODY_SIZE")]
     pub proxy_body_size: String,
@@ -102,6 +108,14 @@ pub struct RunArgs {
     pub class: ClassArgs,
     #[command(flatten)]
     pub proxy: ProxyArgs,
+    /// The certificate for hosts without one of their own, NAMESPACE/NAME of a
+    /// kubernetes.io/tls Secret (default: a self-signed "Fake Certificate" made at start).
+    #[arg(long, env = "KINGRESS_DEFAULT_SSL_CERTIFICATE")]
+    pub default_ssl_certificate: Option<String>,
+    /// The HTTPS port in ssl-redirect Locations (default: the HTTPS listener's port);
+    /// 443 is left out of the URL. Set it when a Service maps 443 to --https-listen.
+    #[arg(long, env = "KINGRESS_HTTPS_REDIRECT_PORT")]
+    pub https_redirect_port: Option<u16>,
     /// The controller ConfigMap, NAMESPACE/NAME (keys: load-balance, upstream-hash-by,
     /// proxy-next-upstream, proxy-next-upstream-tries). In manifest mode it is read from
     /// the folder.
@@ -178,6 +192,8 @@ impl ProxyArgs {
                 ejection,
                 max_ejection: ejection.saturating_mul(30),
             },
+            tls_handshake_timeout: seconds("ssl-handshake-timeout", self.ssl_handshake_timeout)?,
+            max_tls_handshakes: self.max_tls_handshakes.max(1),
             ..ProxySettings::default()
         })
     }
@@ -194,6 +210,16 @@ impl ClassArgs {
 }
 
 impl RunArgs {
+    /// `--default-ssl-certificate`, checked.
+    pub fn default_ssl_certificate(&self) -> Result<Option<(String, String)>, String> {
+        match &self.default_ssl_certificate {
+            Some(v) => parse_config_map_ref(v)
+                .map(Some)
+                .map_err(|e| format!("--default-ssl-certificate: {e}")),
+            None => Ok(None),
+        }
+    }
+
     pub fn compile_options(&self) -> Result<CompileOptions, String> {
         let config_map = match &self.configmap {
             Some(v) => Some(parse_config_map_ref(v).map_err(|e| format!("--configmap: {e}"))?),

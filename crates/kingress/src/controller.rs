@@ -1,5 +1,6 @@
 //! Applies what a source read: compile, publish, report.
 //!
+//! Ingresses, IngressClasses and Secrets rebuild the certificate table.
 //! Route-affecting objects (IngressClasses, Ingresses, Services, the controller
 //! ConfigMap) recompile the routing
 //! table; Services and EndpointSlices rebuild the endpoint table. An EndpointSlice-only
@@ -9,12 +10,23 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use kingress_compile::{CompileOptions, Snapshot, compile_endpoints, compile_routes};
 use kingress_model::Diagnostic;
 use kingress_proxy::Tables;
 use kingress_sources::Scan;
+use kingress_tls::{CertStore, TlsOptions, compile_certs};
+use rustls::sign::CertifiedKey;
+
+/// Builds the certificate table (for the HTTPS listener's SNI resolver) from the same
+/// snapshots.
+pub struct CertCompiler {
+    pub store: Arc<CertStore>,
+    pub options: TlsOptions,
+    /// The self-signed certificate used when no default certificate is configured.
+    pub fallback: Arc<CertifiedKey>,
+}
 
 /// What was last applied, to tell which tables a new scan affects.
 #[derive(Default)]
@@ -22,22 +34,25 @@ struct Applied {
     snapshot: Option<Snapshot>,
     route_diagnostics: Vec<Diagnostic>,
     endpoint_diagnostics: Vec<Diagnostic>,
+    cert_diagnostics: Vec<Diagnostic>,
     reported: BTreeSet<Diagnostic>,
 }
 
 pub struct Controller {
     tables: Arc<Tables>,
     options: CompileOptions,
+    tls: CertCompiler,
     applied: Mutex<Applied>,
     /// The current diagnostics, for /debug/config.
     diagnostics: Mutex<Vec<Diagnostic>>,
 }
 
 impl Controller {
-    pub fn new(tables: Arc<Tables>, options: CompileOptions) -> Arc<Self> {
+    pub fn new(tables: Arc<Tables>, options: CompileOptions, tls: CertCompiler) -> Arc<Self> {
         Arc::new(Self {
             tables,
             options,
+            tls,
             applied: Mutex::new(Applied::default()),
             diagnostics: Mutex::new(Vec::new()),
         })
@@ -45,6 +60,10 @@ impl Controller {
 
     pub fn tables(&self) -> &Arc<Tables> {
         &self.tables
+    }
+
+    pub fn certificates(&self) -> &Arc<CertStore> {
+        &self.tls.store
     }
 
     pub fn diagnostics(&self) -> Vec<Diagnostic> {
@@ -58,16 +77,24 @@ impl Controller {
             return;
         };
         let new = scan.snapshot;
-        let (routes_changed, endpoints_changed) = match &applied.snapshot {
-            None => (true, true),
+        let (routes_changed, endpoints_changed, certs_changed) = match &applied.snapshot {
+            None => (true, true, true),
             Some(old) => (
                 old.ingress_classes != new.ingress_classes
                     || old.ingresses != new.ingresses
                     || old.services != new.services
                     || old.config_maps != new.config_maps,
                 old.services != new.services || old.endpoint_slices != new.endpoint_slices,
+                old.ingress_classes != new.ingress_classes
+                    || old.ingresses != new.ingresses
+                    || old.secrets != new.secrets,
             ),
         };
+        if certs_changed {
+            let (table, diags) = compile_certs(&new, &self.tls.options, &self.tls.fallback, SystemTime::now());
+            self.tls.store.publish(table);
+            applied.cert_diagnostics = diags;
+        }
         if endpoints_changed {
             let (table, diags) = compile_endpoints(&new);
             self.tables.publish_endpoints(table);
@@ -85,6 +112,7 @@ impl Controller {
         let mut all: BTreeSet<Diagnostic> = scan.diagnostics.into_iter().collect();
         all.extend(applied.route_diagnostics.iter().cloned());
         all.extend(applied.endpoint_diagnostics.iter().cloned());
+        all.extend(applied.cert_diagnostics.iter().cloned());
         for d in all.difference(&applied.reported) {
             tracing::warn!(subject = %d.subject, reason = %d.reason, "{d}");
         }
@@ -101,6 +129,7 @@ impl Controller {
             endpoints_generation = endpoints_gen,
             routes_recompiled = routes_changed,
             endpoints_rebuilt = endpoints_changed,
+            certificates_rebuilt = certs_changed,
             diagnostics = count,
             elapsed_us = started.elapsed().as_micros() as u64,
             "configuration published"

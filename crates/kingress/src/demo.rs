@@ -126,6 +126,8 @@ pub async fn start(
         compile: kingress_compile::CompileOptions::default(),
         proxy: kingress_proxy::ProxySettings::default(),
         worker_threads,
+        default_ssl_certificate: None,
+        https_redirect_port: None,
     };
     let gateway = crate::gateway::start(options, http, admin).await?;
     Ok(Demo {

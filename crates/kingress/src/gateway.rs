@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::controller::Controller;
+use crate::controller::{CertCompiler, Controller};
 
 /// Everything `kingress run --manifests DIR` needs, validated.
 #[derive(Clone, Debug)]
@@ -23,11 +23,26 @@ pub struct GatewayOptions {
     /// Single-threaded runtimes that run the proxied connections; `None` runs them on
     /// the caller's runtime (tests).
     pub worker_threads: Option<usize>,
+    /// `--default-ssl-certificate NAMESPACE/NAME`: the certificate for hosts without one
+    /// (else a self-signed "Fake Certificate" generated at start).
+    pub default_ssl_certificate: Option<(String, String)>,
+    /// `--https-redirect-port`: the port in ssl-redirect Locations; `None`: the HTTPS
+    /// listener's own port.
+    pub https_redirect_port: Option<u16>,
+}
+
+/// The sockets a gateway serves on, bound by the caller (port 0 in tests).
+pub struct Listeners {
+    pub http: TcpListener,
+    /// `None`: no HTTPS listener.
+    pub https: Option<TcpListener>,
+    pub admin: TcpListener,
 }
 
 /// A running gateway.
 pub struct GatewayHandle {
     pub http_addr: SocketAddr,
+    pub https_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
     pub controller: Arc<Controller>,
     /// Stops the data plane (first).
@@ -78,14 +93,46 @@ async fn wait_for(mut rx: watch::Receiver<bool>) {
 /// Starts the gateway on already-bound listeners. Returns once the first configuration
 /// is live (so /readyz is 200 from the first request on).
 pub async fn start(options: GatewayOptions, http: TcpListener, admin: TcpListener) -> anyhow::Result<GatewayHandle> {
+    start_with(
+        options,
+        Listeners {
+            http,
+            https: None,
+            admin,
+        },
+    )
+    .await
+}
+
+/// [`start`] with every listener, HTTPS included.
+pub async fn start_with(mut options: GatewayOptions, listeners: Listeners) -> anyhow::Result<GatewayHandle> {
+    let Listeners { http, https, admin } = listeners;
     let meta = std::fs::metadata(&options.manifests)
         .with_context(|| format!("manifests folder {}", options.manifests.display()))?;
     anyhow::ensure!(meta.is_dir(), "{} is not a folder", options.manifests.display());
     let http_addr = http.local_addr()?;
+    let https_addr = match &https {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
     let admin_addr = admin.local_addr()?;
+    options.proxy.https_redirect_port = options.https_redirect_port.or(https_addr.map(|a| a.port()));
 
     let tables = Arc::new(Tables::with_health(options.proxy.health));
-    let controller = Controller::new(tables.clone(), options.compile.clone());
+    let fallback = kingress_tls::fake_certificate(std::time::SystemTime::now())
+        .map_err(|e| anyhow::anyhow!("generating the fallback certificate: {e}"))?;
+    let certs = Arc::new(kingress_tls::CertStore::new(kingress_tls::CertTable::new(
+        fallback.clone(),
+    )));
+    let tls = CertCompiler {
+        store: certs.clone(),
+        options: kingress_tls::TlsOptions {
+            class: options.compile.class.clone(),
+            default_certificate: options.default_ssl_certificate.clone(),
+        },
+        fallback,
+    };
+    let controller = Controller::new(tables.clone(), options.compile.clone(), tls);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (admin_shutdown, admin_shutdown_rx) = watch::channel(false);
 
@@ -117,19 +164,38 @@ pub async fn start(options: GatewayOptions, http: TcpListener, admin: TcpListene
         None => None,
     };
     // One proxy application (with its own upstream pool) per worker thread.
-    let apps = (0..workers.as_ref().map_or(1, |p| p.len()))
-        .map(|_| kingress_proxy::build_proxy(tables.clone(), options.proxy.clone()))
-        .collect();
+    let apps = || {
+        (0..workers.as_ref().map_or(1, |p| p.len()))
+            .map(|_| kingress_proxy::build_proxy(tables.clone(), options.proxy.clone()))
+            .collect::<Vec<_>>()
+    };
     tasks.push(tokio::spawn(kingress_proxy::serve(
         http,
-        apps,
-        wait_for(shutdown_rx),
+        apps(),
+        wait_for(shutdown_rx.clone()),
         grace,
         workers.clone(),
     )));
-    tracing::info!(http = %http_addr, admin = %admin_addr, manifests = %options.manifests.display(), "kingress is serving");
+    if let Some(https) = https {
+        let tls = kingress_proxy::TlsListener::new(
+            certs.clone(),
+            options.proxy.tls_handshake_timeout,
+            options.proxy.max_tls_handshakes,
+        )
+        .context("configuring TLS")?;
+        tasks.push(tokio::spawn(kingress_proxy::serve_with(
+            https,
+            apps(),
+            wait_for(shutdown_rx),
+            grace,
+            workers.clone(),
+            Some(Arc::new(tls)),
+        )));
+    }
+    tracing::info!(http = %http_addr, https = ?https_addr, admin = %admin_addr, manifests = %options.manifests.display(), "kingress is serving");
     Ok(GatewayHandle {
         http_addr,
+        https_addr,
         admin_addr,
         controller,
         shutdown,

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use kingress::cli::{Cli, Command};
-use kingress::gateway::GatewayOptions;
+use kingress::gateway::{GatewayOptions, Listeners};
 
 // glibc malloc showed up as ~12% of the proxy's CPU under load (perf, 2026-11-21);
 // mimalloc's thread-local free lists suit the many short-lived per-request buffers.
@@ -33,25 +33,34 @@ fn main() -> std::process::ExitCode {
 }
 
 /// Resolves on SIGINT or SIGTERM.
-async fn signalled() {
+/// SIGTERM and SIGINT, with their handlers installed at once: a signal that arrives while
+/// the gateway is still starting (after /readyz already answers) is not lost, and does
+/// not kill the process with the default action.
+fn install_signals() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -62,27 +71,36 @@ async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<tokio::n
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let signalled = install_signals();
     match cli.command {
         Command::Run(args) => {
             // Validate everything before binding any port.
             let proxy = args.proxy.settings().map_err(anyhow::Error::msg)?;
             let compile = args.compile_options().map_err(anyhow::Error::msg)?;
+            let default_ssl_certificate = args.default_ssl_certificate().map_err(anyhow::Error::msg)?;
             let Some(manifests) = args.manifests else {
                 anyhow::bail!(
                     "Kubernetes API mode is not available yet: pass --manifests DIR to serve a folder of manifests"
                 );
             };
             let http = bind(args.listen.http_listen, "--http-listen").await?;
+            let https = bind(args.listen.https_listen, "--https-listen").await?;
             let admin = bind(args.listen.admin_listen, "--admin-listen").await?;
-            tracing::info!(https = %args.listen.https_listen, "HTTPS termination is not built yet; --https-listen is not bound");
             let options = GatewayOptions {
                 manifests,
                 compile,
                 proxy,
                 worker_threads: Some(kingress::cli::worker_threads(args.worker_threads)),
+                default_ssl_certificate,
+                https_redirect_port: args.https_redirect_port,
             };
-            let gateway = kingress::gateway::start(options, http, admin).await?;
-            signalled().await;
+            let listeners = Listeners {
+                http,
+                https: Some(https),
+                admin,
+            };
+            let gateway = kingress::gateway::start_with(options, listeners).await?;
+            signalled.await;
             tracing::info!("shutting down");
             gateway.shutdown().await;
             Ok(())
@@ -94,7 +112,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 name: args.name,
                 delay: Duration::from_millis(args.delay_ms),
             };
-            kingress_echo::serve(listener, options, signalled()).await?;
+            kingress_echo::serve(listener, options, signalled).await?;
             Ok(())
         }
         Command::Demo(args) => {
@@ -103,7 +121,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let folder = std::env::temp_dir().join(format!("kingress-demo-{}", std::process::id()));
             let demo = kingress::demo::start(http, admin, folder, Some(kingress::cli::worker_threads(0))).await?;
             println!("{}", demo.instructions());
-            signalled().await;
+            signalled.await;
             tracing::info!("shutting down");
             demo.shutdown().await;
             Ok(())

@@ -33,14 +33,18 @@ impl Drop for Proc {
 /// for /readyz. Returns the process and the two ports.
 async fn spawn_ready(args: &[&std::ffi::OsStr], stdout: Stdio) -> (Proc, u16, u16) {
     let (http, admin) = (free_port(), free_port());
+    let mut ports = vec![
+        "--http-listen".to_string(),
+        format!("127.0.0.1:{http}"),
+        "--admin-listen".to_string(),
+        format!("127.0.0.1:{admin}"),
+    ];
+    if args.first().is_some_and(|a| *a == "run") {
+        ports.extend(["--https-listen".to_string(), format!("127.0.0.1:{}", free_port())]);
+    }
     let child = Command::new(BIN)
         .args(args)
-        .args([
-            "--http-listen",
-            &format!("127.0.0.1:{http}"),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin}"),
-        ])
+        .args(&ports)
         .stdout(stdout)
         .stderr(Stdio::null())
         .spawn()

@@ -111,13 +111,23 @@ pub async fn start_on(dir: &Path, proxy: ProxySettings) -> GatewayHandle {
 }
 
 pub async fn start_on_with(dir: &Path, proxy: ProxySettings, compile: CompileOptions) -> GatewayHandle {
-    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let options = GatewayOptions {
         manifests: dir.to_path_buf(),
         compile,
         proxy,
         worker_threads: None,
+        default_ssl_certificate: None,
+        https_redirect_port: None,
     };
-    kingress::gateway::start(options, http, admin).await.unwrap()
+    start_gateway(options).await
+}
+
+/// Starts a gateway with HTTP, HTTPS and admin listeners on 127.0.0.1:0.
+pub async fn start_gateway(options: GatewayOptions) -> GatewayHandle {
+    let listeners = kingress::gateway::Listeners {
+        http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        https: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+        admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    };
+    kingress::gateway::start_with(options, listeners).await.unwrap()
 }
