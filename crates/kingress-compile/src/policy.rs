@@ -8,7 +8,8 @@
 use std::collections::BTreeMap;
 
 use kingress_model::{
-    AffinityMode, BackendPolicy, Balance, CookieAffinity, Diagnostic, HashKey, ObjectRef, RetryPolicy, SameSite,
+    AffinityMode, BackendPolicy, BackendProtocol, Balance, CookieAffinity, Diagnostic, HashKey, ObjectRef, RetryPolicy,
+    SameSite,
 };
 
 use crate::{Snapshot, namespace_of, object_ref};
@@ -81,6 +82,7 @@ pub(crate) fn controller_defaults(
                 tries: flags.tries.max(1),
                 ..RetryPolicy::default()
             },
+            protocol: BackendProtocol::Http,
         },
         ssl_redirect: true,
         force_ssl_redirect: false,
@@ -168,6 +170,12 @@ pub(crate) fn ingress_policy(
         *p = format!("annotation {ANNOTATION_PREFIX}{p}");
     }
 
+    if let Some(v) = get("backend-protocol").filter(|v| !v.trim().is_empty()) {
+        match BackendProtocol::parse(v) {
+            Ok(p) => policy.protocol = p,
+            Err(e) => problems.push(format!("annotation {ANNOTATION_PREFIX}{e}")),
+        }
+    }
     match get("affinity").map(str::trim) {
         None | Some("") => {}
         Some("cookie") => {

@@ -750,3 +750,27 @@ fn the_configmap_turns_redirects_and_hsts_off_or_changes_them() {
         Some("max-age=600; preload".to_string())
     );
 }
+
+#[test]
+fn backend_protocol_annotation() {
+    use kingress_model::BackendProtocol;
+    let s = snapshot(
+        vec![
+            annotated("g", "g.com", json!({format!("{P}backend-protocol"): "grpc"})),
+            annotated("h", "h.com", json!({format!("{P}backend-protocol"): "HTTPS"})),
+            annotated("f", "f.com", json!({format!("{P}backend-protocol"): "FCGI"})),
+            annotated("d", "d.com", json!({})),
+        ],
+        &["s1"],
+    );
+    let c = run(&s);
+    assert_eq!(policy_of(&c, "g.com").protocol, BackendProtocol::Grpc);
+    assert_eq!(policy_of(&c, "h.com").protocol, BackendProtocol::Https);
+    assert_eq!(policy_of(&c, "f.com").protocol, BackendProtocol::Http);
+    assert_eq!(policy_of(&c, "d.com").protocol, BackendProtocol::Http);
+    assert!(
+        c.diagnostics.iter().any(|d| d.to_string().contains("FCGI")),
+        "{:?}",
+        c.diagnostics
+    );
+}

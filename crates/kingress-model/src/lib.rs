@@ -29,4 +29,6 @@ pub use config::{BackendId, Config, ConfigBuilder, Route, RouteSource, Server};
 pub use diag::{Diagnostic, ObjectRef, Subject};
 pub use endpoints::{EndpointSet, EndpointTable};
 pub use path::PathType;
-pub use policy::{AffinityMode, BackendPolicy, Balance, CookieAffinity, HashKey, HashPart, RetryPolicy, SameSite};
+pub use policy::{
+    AffinityMode, BackendPolicy, BackendProtocol, Balance, CookieAffinity, HashKey, HashPart, RetryPolicy, SameSite,
+};

@@ -288,11 +288,50 @@ impl RetryPolicy {
     }
 }
 
-/// Everything the data plane needs to choose and retry endpoints for one route.
+/// `backend-protocol`: how kingress speaks to the endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BackendProtocol {
+    /// HTTP/1.1 over TCP, the default.
+    #[default]
+    Http,
+    /// HTTP/1.1 over TLS (the backend's certificate is not verified, as ingress-nginx's
+    /// default `proxy-ssl-verify: off`).
+    Https,
+    /// HTTP/2 over TCP (h2c with prior knowledge), for gRPC.
+    Grpc,
+    /// HTTP/2 over TLS, for gRPC.
+    Grpcs,
+}
+
+impl BackendProtocol {
+    /// Parses the annotation value (case-insensitive).
+    pub fn parse(value: &str) -> Result<Self, String> {
+        match value.trim().to_ascii_uppercase().as_str() {
+            "HTTP" => Ok(Self::Http),
+            "HTTPS" => Ok(Self::Https),
+            "GRPC" => Ok(Self::Grpc),
+            "GRPCS" => Ok(Self::Grpcs),
+            other => Err(format!(
+                "backend-protocol {other:?} is not supported (HTTP, HTTPS, GRPC or GRPCS); using HTTP"
+            )),
+        }
+    }
+
+    pub fn tls(self) -> bool {
+        matches!(self, Self::Https | Self::Grpcs)
+    }
+
+    pub fn h2(self) -> bool {
+        matches!(self, Self::Grpc | Self::Grpcs)
+    }
+}
+
+/// Everything the data plane needs to choose, reach and retry endpoints for one route.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct BackendPolicy {
     pub balance: Balance,
     pub retry: RetryPolicy,
+    pub protocol: BackendProtocol,
 }
 
 #[cfg(test)]

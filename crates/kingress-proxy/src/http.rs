@@ -325,8 +325,26 @@ impl ProxyHttp for Gateway {
                     started: now,
                     answered: false,
                 });
-                let mut peer = HttpPeer::new(addr, false, String::new());
+                let protocol = route.policy.protocol;
+                // No SNI to backends (an IP address as the name), and their certificate is
+                // not verified: ingress-nginx's proxy-ssl-server-name and proxy-ssl-verify off.
+                let sni = if protocol.tls() {
+                    addr.ip().to_string()
+                } else {
+                    String::new()
+                };
+                let mut peer = HttpPeer::new(addr, protocol.tls(), sni);
                 let o = &mut peer.options;
+                if protocol.tls() {
+                    o.verify_cert = false;
+                    o.verify_hostname = false;
+                }
+                if protocol.h2() {
+                    // gRPC: HTTP/2 only (h2c with prior knowledge without TLS), many streams
+                    // on one connection.
+                    o.set_http_version(2, 2);
+                    o.max_h2_streams = 100;
+                }
                 o.connection_timeout = Some(self.settings.connect_timeout);
                 o.read_timeout = Some(self.settings.read_timeout);
                 o.write_timeout = Some(self.settings.send_timeout);

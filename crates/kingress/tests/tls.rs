@@ -392,3 +392,174 @@ async fn bad_secrets_are_diagnostics_and_the_host_gets_the_default_certificate()
     .await;
     assert_eq!(presented(&connect(t.https(), "a.test", h1).await), default);
 }
+
+// ---- backend protocols: gRPC with trailers (h2c and h2 over TLS), HTTPS ----
+
+type BoxBody = http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>;
+
+/// A backend answering every request with "reply to PATH" and, for HTTP/2, the trailers
+/// gRPC sends (grpc-status: 0, grpc-message: ok). `tls`: serve over TLS with that ALPN.
+async fn proto_backend(h2: bool, tls: Option<&'static [u8]>) -> SocketAddr {
+    use http_body_util::BodyExt;
+    use hyper::body::Frame;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tls.map(|alpn| {
+        let c = rcgen::generate_simple_self_signed(vec!["backend.test".to_string()]).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(c.signing_key.serialize_der()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![c.cert.der().clone()], key)
+            .unwrap();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    });
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                    let path = req.uri().path().to_string();
+                    let _ = req.into_body().collect().await;
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                    trailers.insert("grpc-message", http::HeaderValue::from_static("ok"));
+                    let frames = vec![
+                        Ok::<_, std::convert::Infallible>(Frame::data(bytes::Bytes::from(format!("reply to {path}")))),
+                        Ok(Frame::trailers(trailers)),
+                    ];
+                    let body: BoxBody = http_body_util::StreamBody::new(futures::stream::iter(frames)).boxed();
+                    let resp = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(body)
+                        .unwrap();
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                let exec = hyper_util::rt::TokioExecutor::new();
+                match (acceptor, h2) {
+                    (Some(a), true) => {
+                        let Ok(s) = a.accept(tcp).await else { return };
+                        let io = hyper_util::rt::TokioIo::new(s);
+                        let _ = hyper::server::conn::http2::Builder::new(exec)
+                            .serve_connection(io, service)
+                            .await;
+                    }
+                    (Some(a), false) => {
+                        let Ok(s) = a.accept(tcp).await else { return };
+                        let io = hyper_util::rt::TokioIo::new(s);
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, service)
+                            .await;
+                    }
+                    (None, true) => {
+                        let io = hyper_util::rt::TokioIo::new(tcp);
+                        let _ = hyper::server::conn::http2::Builder::new(exec)
+                            .serve_connection(io, service)
+                            .await;
+                    }
+                    (None, false) => {
+                        let io = hyper_util::rt::TokioIo::new(tcp);
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, service)
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_trailers_pass_through_to_h2c_and_tls_backends_and_https_backends_work() {
+    let grpc = proto_backend(true, None).await;
+    let grpcs = proto_backend(true, Some(b"h2")).await;
+    let https = proto_backend(false, Some(b"http/1.1")).await;
+    let files = vec![
+        ("grpc-svc.yaml", service_yaml("grpc", &[grpc.port()])),
+        ("grpcs-svc.yaml", service_yaml("grpcs", &[grpcs.port()])),
+        ("https-svc.yaml", service_yaml("tlsweb", &[https.port()])),
+        (
+            "grpc.yaml",
+            tls_ingress("g", "grpc.test", "grpc", None, &[("backend-protocol", "GRPC")]),
+        ),
+        (
+            "grpcs.yaml",
+            tls_ingress("gs", "grpcs.test", "grpcs", None, &[("backend-protocol", "GRPCS")]),
+        ),
+        (
+            "https.yaml",
+            tls_ingress("h", "tlsweb.test", "tlsweb", None, &[("backend-protocol", "HTTPS")]),
+        ),
+    ];
+    let env = start(&files, ProxySettings::default()).await;
+    let https_addr = env.gateway.https_addr.unwrap();
+    for host in ["grpc.test", "grpcs.test"] {
+        let s = connect(https_addr, host, &[b"h2"]).await;
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(s),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!("https://{host}/echo.Echo/Say"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"\0\0\0\0\0")))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200, "{host}");
+        let collected = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap();
+        let trailers = collected.trailers().cloned().expect("trailers passed through");
+        assert_eq!(trailers.get("grpc-status").unwrap(), "0", "{host}");
+        assert_eq!(trailers.get("grpc-message").unwrap(), "ok", "{host}");
+        assert_eq!(&collected.to_bytes()[..], b"reply to /echo.Echo/Say", "{host}");
+    }
+    // HTTPS backend, plain HTTP client.
+    let (status, body) = env.get("tlsweb.test", "/over-tls").await;
+    assert_eq!((status, body.as_str()), (200, "reply to /over-tls"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_stalled_handshakes_is_bounded_and_timed_out() {
+    let backend = echo("web").await;
+    let files = vec![
+        ("svc.yaml", service_yaml("web", &[backend.addr().port()])),
+        ("ing.yaml", tls_ingress("i", "a.test", "web", None, &[])),
+    ];
+    let settings = ProxySettings {
+        tls_handshake_timeout: std::time::Duration::from_millis(500),
+        max_tls_handshakes: 4,
+        ..ProxySettings::default()
+    };
+    let env = start(&files, settings).await;
+    let https = env.gateway.https_addr.unwrap();
+    let mut established = connect(https, "a.test", &[b"http/1.1"]).await;
+    assert_eq!(https_get(&mut established, "a.test", "/").await.status, 200);
+    // Twenty clients connect and never send a ClientHello.
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        stalled.push(TcpStream::connect(https).await.unwrap());
+    }
+    // The established connection is not affected.
+    for _ in 0..3 {
+        assert_eq!(https_get(&mut established, "a.test", "/").await.status, 200);
+    }
+    // Each stalled connection is closed by the handshake timeout...
+    for s in &mut stalled {
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("closed within the deadline");
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    }
+    // ... and new handshakes get through again.
+    let mut fresh = connect(https, "a.test", &[b"http/1.1"]).await;
+    assert_eq!(https_get(&mut fresh, "a.test", "/").await.status, 200);
+}
