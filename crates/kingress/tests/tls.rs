@@ -82,13 +82,18 @@ fn presented(s: &TlsStream<TcpStream>) -> Vec<u8> {
 fn cert_secret(secret: &str, names: &[&str]) -> (Vec<u8>, String) {
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     let c = rcgen::generate_simple_self_signed(names).unwrap();
-    let indent = |pem: String| pem.lines().map(|l| format!("    {l}\n")).collect::<String>();
-    let yaml = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {secret}, namespace: default}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
-        indent(c.cert.pem()),
-        indent(c.signing_key.serialize_pem())
-    );
+    let yaml = secret_yaml(secret, &c.cert.pem(), &c.signing_key.serialize_pem());
     (c.cert.der().to_vec(), yaml)
+}
+
+/// A kubernetes.io/tls Secret with PEM `cert` and `key` in stringData.
+fn secret_yaml(secret: &str, cert: &str, key: &str) -> String {
+    let indent = |pem: &str| pem.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {secret}, namespace: default}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+        indent(cert),
+        indent(key)
+    )
 }
 
 /// An Ingress for `host` `/` to Service `svc`, with a tls section and annotations.
@@ -391,6 +396,24 @@ async fn bad_secrets_are_diagnostics_and_the_host_gets_the_default_certificate()
     })
     .await;
     assert_eq!(presented(&connect(t.https(), "a.test", h1).await), default);
+    // An expired certificate.
+    write_atomic(&t.env.file("exact.yaml"), &expired_secret("exact", "a.test"));
+    poll_until(WAIT, "the expired diagnostic", || async {
+        let d = t.env.debug_config().await["diagnostics"].to_string();
+        (d.contains("Secret default/exact") && d.contains("expired")).then_some(())
+    })
+    .await;
+    assert_eq!(presented(&connect(t.https(), "a.test", h1).await), default);
+}
+
+/// A tls Secret whose certificate for `host` expired in 2001.
+fn expired_secret(secret: &str, host: &str) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![host.to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+    let cert = params.self_signed(&key).unwrap();
+    secret_yaml(secret, &cert.pem(), &key.serialize_pem())
 }
 
 // ---- backend protocols: gRPC with trailers (h2c and h2 over TLS), HTTPS ----
