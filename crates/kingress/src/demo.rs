@@ -47,6 +47,13 @@ impl Demo {
         let http = self.gateway.http_addr;
         let port = http.port();
         let admin = self.gateway.admin_addr;
+        let https = match self.gateway.https_addr {
+            Some(a) => format!(
+                "\n  curl -sk https://hello.localhost:{}/                # HTTPS (HTTP/2 with --http2); the self-signed default certificate",
+                a.port()
+            ),
+            None => String::new(),
+        };
         format!(
             "kingress demo is serving on http://{http} (manifests in {folder})\n\
              \n\
@@ -57,7 +64,7 @@ impl Demo {
              \n  curl -si http://api.localhost:{port}/other             # no path matches: 404\
              \n  curl -si http://broken.localhost:{port}/               # the Service has no endpoints: 503\
              \n  curl -s http://{http}/ -H 'Host: anything.example'   # the catch-all defaultBackend\
-             \n  curl -s http://{admin}/debug/config                   # what kingress serves, and why not\
+             \n  curl -s http://{admin}/debug/config                   # what kingress serves, and why not{https}\
              \n\nEdit a file in {folder} and the change is live at once. Ctrl-C stops.\n",
             folder = self.folder.display(),
         )
@@ -115,6 +122,7 @@ async fn materialize(folder: &Path) -> anyhow::Result<Vec<EchoHandle>> {
 /// Starts the demo on the given listeners.
 pub async fn start(
     http: tokio::net::TcpListener,
+    https: Option<tokio::net::TcpListener>,
     admin: tokio::net::TcpListener,
     folder: PathBuf,
     worker_threads: Option<usize>,
@@ -129,7 +137,7 @@ pub async fn start(
         default_ssl_certificate: None,
         https_redirect_port: None,
     };
-    let gateway = crate::gateway::start(options, http, admin).await?;
+    let gateway = crate::gateway::start_with(options, crate::gateway::Listeners { http, https, admin }).await?;
     Ok(Demo {
         gateway,
         backends,

@@ -117,9 +117,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo(args) => {
             let http = bind(args.listen.http_listen, "--http-listen").await?;
+            let https = bind(args.listen.https_listen, "--https-listen").await?;
             let admin = bind(args.listen.admin_listen, "--admin-listen").await?;
             let folder = std::env::temp_dir().join(format!("kingress-demo-{}", std::process::id()));
-            let demo = kingress::demo::start(http, admin, folder, Some(kingress::cli::worker_threads(0))).await?;
+            let demo =
+                kingress::demo::start(http, Some(https), admin, folder, Some(kingress::cli::worker_threads(0))).await?;
             println!("{}", demo.instructions());
             signalled.await;
             tracing::info!("shutting down");

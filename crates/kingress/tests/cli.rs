@@ -39,7 +39,7 @@ async fn spawn_ready(args: &[&std::ffi::OsStr], stdout: Stdio) -> (Proc, u16, u1
         "--admin-listen".to_string(),
         format!("127.0.0.1:{admin}"),
     ];
-    if args.first().is_some_and(|a| *a == "run") {
+    if args.first().is_some_and(|a| *a == "run" || *a == "demo") {
         ports.extend(["--https-listen".to_string(), format!("127.0.0.1:{}", free_port())]);
     }
     let child = Command::new(BIN)
@@ -109,6 +109,10 @@ fn help_lists_the_contract_flags() {
         "--controller-class",
         "--watch-ingress-without-class",
         "--log-format",
+        "--configmap",
+        "--default-ssl-certificate",
+        "--https-redirect-port",
+        "--upstream-max-fails",
     ] {
         assert!(text.contains(flag), "run --help lacks {flag}:\n{text}");
     }
