@@ -163,15 +163,14 @@ pub async fn start_with(mut options: GatewayOptions, listeners: Listeners) -> an
         )),
         None => None,
     };
-    // One proxy application (with its own upstream pool) per worker thread.
-    let apps = || {
-        (0..workers.as_ref().map_or(1, |p| p.len()))
-            .map(|_| kingress_proxy::build_proxy(tables.clone(), options.proxy.clone()))
-            .collect::<Vec<_>>()
-    };
+    // One proxy application (with its own upstream pool) per worker thread, shared by the
+    // HTTP and HTTPS listeners: both deal connection i to worker i with app i.
+    let apps: Vec<_> = (0..workers.as_ref().map_or(1, |p| p.len()))
+        .map(|_| kingress_proxy::build_proxy(tables.clone(), options.proxy.clone()))
+        .collect();
     tasks.push(tokio::spawn(kingress_proxy::serve(
         http,
-        apps(),
+        apps.clone(),
         wait_for(shutdown_rx.clone()),
         grace,
         workers.clone(),
@@ -185,7 +184,7 @@ pub async fn start_with(mut options: GatewayOptions, listeners: Listeners) -> an
         .context("configuring TLS")?;
         tasks.push(tokio::spawn(kingress_proxy::serve_with(
             https,
-            apps(),
+            apps,
             wait_for(shutdown_rx),
             grace,
             workers.clone(),
