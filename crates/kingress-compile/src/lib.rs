@@ -79,6 +79,25 @@ pub fn compile(snapshot: &Snapshot, options: &CompileOptions) -> Compiled {
     }
 }
 
+/// The Ingresses of our class, oldest first (creationTimestamp, then namespace/name;
+/// objects without a timestamp, as in a folder of manifests, first): the order in which
+/// they claim hosts and paths, for routes and certificates alike.
+pub fn ours_oldest_first<'a>(snapshot: &'a Snapshot, class: &ClassOptions) -> Vec<&'a Ingress> {
+    let filter = class::ClassFilter::new(class, &snapshot.ingress_classes);
+    let mut ingresses: Vec<&Ingress> = snapshot.ingresses.iter().filter(|i| filter.is_ours(i)).collect();
+    ingresses.sort_by(|a, b| {
+        let key = |i: &'a Ingress| {
+            (
+                i.metadata.creation_timestamp.as_ref(),
+                namespace_of(&i.metadata),
+                i.metadata.name.as_deref(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    ingresses
+}
+
 /// `Kind namespace/name` of an object's metadata; a missing name reads `<unnamed>`.
 pub(crate) fn object_ref(kind: &str, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectRef {
     ObjectRef::new(

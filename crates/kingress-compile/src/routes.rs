@@ -12,10 +12,9 @@ use k8s_openapi::api::networking::v1::Ingress;
 use kingress_model::host::HostPattern;
 use kingress_model::{BackendId, Config, ConfigBuilder, Diagnostic, Route, RouteSource};
 
-use crate::class::ClassFilter;
 use crate::policy::{ANNOTATION_PREFIX, controller_defaults, ingress_policy, read_bool};
 use crate::validate::{PortRef, Protocol, ServiceRef, ValidService, validate_ingress, validate_service};
-use crate::{CompileOptions, Snapshot, namespace_of, object_ref};
+use crate::{CompileOptions, Snapshot, namespace_of, object_ref, ours_oldest_first};
 
 /// Services by (namespace, name), checked once per compile.
 pub(crate) struct ServiceIndex {
@@ -107,7 +106,6 @@ impl ServiceIndex {
 pub fn compile_routes(snapshot: &Snapshot, options: &CompileOptions) -> (Config, Vec<Diagnostic>) {
     let mut diagnostics = Vec::new();
     let services = ServiceIndex::build(snapshot, &mut diagnostics);
-    let filter = ClassFilter::new(&options.class, &snapshot.ingress_classes);
     let settings = controller_defaults(
         snapshot,
         options.config_map.as_ref(),
@@ -115,17 +113,7 @@ pub fn compile_routes(snapshot: &Snapshot, options: &CompileOptions) -> (Config,
         &mut diagnostics,
     );
 
-    let mut ingresses: Vec<&Ingress> = snapshot.ingresses.iter().filter(|i| filter.is_ours(i)).collect();
-    ingresses.sort_by(|a, b| {
-        let key = |i: &Ingress| {
-            (
-                i.metadata.creation_timestamp.clone(),
-                namespace_of(&i.metadata).to_string(),
-                i.metadata.name.clone(),
-            )
-        };
-        key(a).cmp(&key(b))
-    });
+    let ingresses = ours_oldest_first(snapshot, &options.class);
 
     let tls_hosts = TlsHosts::of(&ingresses);
     let mut builder = ConfigBuilder::new();

@@ -16,10 +16,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kingress_compile::class::ClassFilter;
-use kingress_compile::{ClassOptions, DEFAULT_NAMESPACE, Snapshot};
+
+use kingress_compile::{ClassOptions, DEFAULT_NAMESPACE, Snapshot, ours_oldest_first};
 use kingress_model::host::HostPattern;
 use kingress_model::{Diagnostic, ObjectRef};
 use rustls::sign::CertifiedKey;
@@ -55,7 +54,7 @@ pub fn compile_certs(
     // Hosts that an Ingress could not give a certificate; reported once the table is
     // complete, so the diagnostic can say what the host is served with in the end.
     let mut unserved: Vec<(ObjectRef, HostPattern, String)> = Vec::new();
-    for ingress in our_ingresses_oldest_first(snapshot, &options.class) {
+    for ingress in ours_oldest_first(snapshot, &options.class) {
         let namespace = namespace_of(&ingress.metadata);
         let object = ObjectRef::new(
             "Ingress",
@@ -120,38 +119,6 @@ pub fn compile_certs(
     diagnostics.sort();
     diagnostics.dedup();
     (table, diagnostics)
-}
-
-/// The hosts our Ingresses list under `spec.tls`, with a `secretName` or without, as
-/// rules write them, lower-cased (`*.example.com` for wildcards): the hosts that have
-/// TLS configured, which plain HTTP redirects to HTTPS. Invalid hosts are left out.
-pub fn tls_hosts(snapshot: &Snapshot, class: &ClassOptions) -> HashSet<String> {
-    let filter = ClassFilter::new(class, &snapshot.ingress_classes);
-    snapshot
-        .ingresses
-        .iter()
-        .filter(|i| filter.is_ours(i))
-        .flat_map(|i| i.spec.iter().flat_map(|s| s.tls.iter().flatten()))
-        .flat_map(|tls| tls.hosts.iter().flatten())
-        .filter_map(|raw| HostPattern::parse(raw).ok())
-        .map(|host| host.as_rule())
-        .collect()
-}
-
-fn our_ingresses_oldest_first<'a>(snapshot: &'a Snapshot, class: &ClassOptions) -> Vec<&'a Ingress> {
-    let filter = ClassFilter::new(class, &snapshot.ingress_classes);
-    let mut ingresses: Vec<&Ingress> = snapshot.ingresses.iter().filter(|i| filter.is_ours(i)).collect();
-    ingresses.sort_by(|a, b| {
-        let key = |i: &'a Ingress| {
-            (
-                i.metadata.creation_timestamp.as_ref(),
-                namespace_of(&i.metadata),
-                i.metadata.name.as_deref(),
-            )
-        };
-        key(a).cmp(&key(b))
-    });
-    ingresses
 }
 
 /// The `--default-ssl-certificate` Secret when it parses, else `fallback`.

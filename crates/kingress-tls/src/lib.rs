@@ -19,14 +19,14 @@
 //! - [`table`]: the [`CertTable`] (exact host, then single-label wildcard, then the default)
 //!   and [`CertStore`], the `ArcSwap` that rustls asks for each handshake.
 //! - [`compile`]: [`compile_certs`] builds the table from our Ingresses, oldest first, with
-//!   diagnostics; [`tls_hosts`] lists the hosts that have TLS configured.
+//!   diagnostics.
 
 pub mod cert;
 pub mod compile;
 pub mod table;
 
 pub use cert::{ParsedCert, fake_certificate, parse_pem, parse_secret};
-pub use compile::{TlsOptions, compile_certs, tls_hosts};
+pub use compile::{TlsOptions, compile_certs};
 pub use table::{CertStore, CertTable};
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::test_support::*;
-use k8s_openapi::api::networking::v1::{IngressClass, IngressClassSpec};
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass, IngressClassSpec};
 use kingress_model::Subject;
 
 const OURS: &str = "kingress";
@@ -407,37 +407,4 @@ fn the_fake_certificate_as_fallback() {
     let (table, diagnostics) = compile_certs(&Snapshot::default(), &TlsOptions::default(), &fake, now());
     assert!(diagnostics.is_empty());
     assert!(Arc::ptr_eq(&table.resolve(Some("example.com")), &fake));
-}
-
-#[test]
-fn tls_hosts_lists_configured_hosts_of_our_ingresses() {
-    let s = snapshot(
-        vec![
-            ingress(
-                "web",
-                "site",
-                None,
-                OURS,
-                &[
-                    (&["A.example.com", "*.Apps.example.com"], Some("tls")),
-                    (&["nosecret.example.com"], None),
-                    (&["bad_host"], Some("tls")),
-                ],
-            ),
-            ingress(
-                "web",
-                "foreign",
-                None,
-                "nginx",
-                &[(&["foreign.example.com"], Some("tls"))],
-            ),
-        ],
-        vec![],
-    );
-    let mut hosts: Vec<String> = tls_hosts(&s, &ClassOptions::default()).into_iter().collect();
-    hosts.sort();
-    assert_eq!(
-        hosts,
-        vec!["*.apps.example.com", "a.example.com", "nosecret.example.com"]
-    );
 }
