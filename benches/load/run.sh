@@ -9,6 +9,8 @@
 # Stops everything it started (by PID) on exit. Logs and manifests stay in the work
 # folder it prints.
 set -euo pipefail
+# shellcheck source=benches/load/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 WITH_NGINX=0
 SKIP_RELOAD=0
@@ -27,7 +29,7 @@ while [ $# -gt 0 ]; do
         --threads) THREADS=$2; shift ;;
         --iterations) ITERATIONS=$2; shift ;;
         --port-base) PORT_BASE=$2; shift ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
@@ -40,44 +42,15 @@ ECHO1_PORT=$((PORT_BASE + 1))
 ECHO2_PORT=$((PORT_BASE + 2))
 HTTP_PORT=$((PORT_BASE + 80))
 ADMIN_PORT=$((PORT_BASE + 81))
+HTTPS_PORT=$((PORT_BASE + 43))
 NGINX_PORT=$((PORT_BASE + 90))
 HOST=127.0.0.1
 
-log() { printf '\n== %s\n' "$*"; }
-
-# --- processes we start, stopped by PID on exit ------------------------------------
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-}
+# Processes we start are stopped by PID on exit (PIDS, cleanup: common.sh).
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_free() { ! (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
-for p in "$ECHO1_PORT" "$ECHO2_PORT" "$HTTP_PORT" "$ADMIN_PORT" "$NGINX_PORT"; do
-    port_free "$p" || { echo "port $HOST:$p is in use; pass --port-base N" >&2; exit 1; }
-done
-
-# Polls until `curl` gets the expected status (no fixed sleeps); gives up after ~30 s.
-wait_status() {
-    local want=$1 url=$2; shift 2
-    local deadline=$((SECONDS + 30)) got
-    while :; do
-        got=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$@" "$url" || true)
-        [ "$got" = "$want" ] && return 0
-        if [ $SECONDS -ge $deadline ]; then
-            echo "timed out waiting for $want from $url (last: $got)" >&2
-            return 1
-        fi
-        sleep 0.02
-    done
-}
+require_free_ports "$ECHO1_PORT" "$ECHO2_PORT" "$HTTP_PORT" "$ADMIN_PORT" "$HTTPS_PORT" "$NGINX_PORT"
 
 # --- tools ----------------------------------------------------------------------------
 if ! command -v wrk >/dev/null; then
@@ -97,49 +70,13 @@ if [ "$SKIP_RELOAD" = 0 ]; then
 fi
 KINGRESS=$ROOT/target/release/kingress
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/kingress-load.XXXXXX")
-MANIFESTS=$WORK/manifests
-mkdir -p "$MANIFESTS"
-echo "work folder: $WORK"
+make_work kingress-load
 
 # --- backends ---------------------------------------------------------------------------
-log "starting echo backends on $HOST:$ECHO1_PORT and $HOST:$ECHO2_PORT"
-"$KINGRESS" echo --listen "$HOST:$ECHO1_PORT" --name e1 >"$WORK/echo-e1.log" 2>&1 &
-ECHO1_PID=$!
-PIDS+=("$ECHO1_PID")
-"$KINGRESS" echo --listen "$HOST:$ECHO2_PORT" --name e2 >"$WORK/echo-e2.log" 2>&1 &
-ECHO2_PID=$!
-PIDS+=("$ECHO2_PID")
-wait_status 200 "http://$HOST:$ECHO1_PORT/"
-wait_status 200 "http://$HOST:$ECHO2_PORT/"
+start_echo_backends
 
-# --- manifests ------------------------------------------------------------------------------
-cat >"$MANIFESTS/echo.yaml" <<EOF
-apiVersion: v1
-kind: Service
-metadata: {name: echo, namespace: default}
-spec:
-  ports:
-  - {name: http, port: 80, targetPort: 8080}
-EOF
-for i in 1 2; do
-    port_var=ECHO${i}_PORT
-    cat >>"$MANIFESTS/echo.yaml" <<EOF
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: echo-e$i
-  namespace: default
-  labels: {kubernetes.io/service-name: echo}
-addressType: IPv4
-ports:
-- {name: http, port: ${!port_var}, protocol: TCP}
-endpoints:
-- addresses: [127.0.0.1]
-  conditions: {ready: true}
-EOF
-done
+# --- manifests: Service + 2 EndpointSlices, an Ingress --------------------------------------
+write_echo_manifest
 cat >"$MANIFESTS/bench.yaml" <<EOF
 apiVersion: networking.k8s.io/v1
 kind: Ingress
@@ -158,12 +95,7 @@ EOF
 
 # --- kingress -------------------------------------------------------------------------------
 log "starting kingress on $HOST:$HTTP_PORT (admin $HOST:$ADMIN_PORT)"
-"$KINGRESS" run --manifests "$MANIFESTS" \
-    --http-listen "$HOST:$HTTP_PORT" --admin-listen "$HOST:$ADMIN_PORT" \
-    >"$WORK/kingress.log" 2>&1 &
-KINGRESS_PID=$!
-PIDS+=("$KINGRESS_PID")
-wait_status 200 "http://$HOST:$ADMIN_PORT/readyz"
+start_kingress --https-listen "$HOST:$HTTPS_PORT"
 wait_status 200 "http://$HOST:$HTTP_PORT/" -H 'Host: bench.local'
 
 # --- optional: nginx with an equivalent proxy_pass ---------------------------------------------------
@@ -174,11 +106,7 @@ if [ "$WITH_NGINX" = 1 ]; then
 # Same job as kingress here: one host, / to two echo endpoints, keepalive upstream,
 # the X-Forwarded-* / X-Request-ID headers ingress-nginx sets. worker_processes auto
 # (2 on this machine), as kingress runs one worker thread per core.
-worker_processes auto;
-daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 4096; }
+$(nginx_conf_main)
 http {
     access_log off;
     client_body_temp_path $WORK/nginx/tmp/body;
@@ -192,40 +120,18 @@ http {
         listen 127.0.0.1:$NGINX_PORT;
         server_name bench.local;
         location / {
-            proxy_pass http://echo;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$host;
-            proxy_set_header X-Request-ID \$request_id;
-            proxy_set_header X-Real-IP \$remote_addr;
-            proxy_set_header X-Forwarded-For \$remote_addr;
-            proxy_set_header X-Forwarded-Host \$host;
-            proxy_set_header X-Forwarded-Port \$server_port;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-            proxy_set_header X-Forwarded-Scheme \$scheme;
+$(nginx_proxy_to_echo)
         }
     }
 }
 EOF
-    nginx -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" &
-    NGINX_PID=$!
-    PIDS+=("$NGINX_PID")
+    start_nginx
     wait_status 200 "http://$HOST:$NGINX_PORT/" -H 'Host: bench.local'
 fi
 
 # --- throughput and latency ------------------------------------------------------------------------
 RESULTS=$WORK/results.txt
 : >"$RESULTS"
-CLK_TCK=$(getconf CLK_TCK)
-# CPU time (utime + stime of all threads, in clock ticks) of the given processes.
-cpu_ticks() {
-    local total=0 pid t
-    for pid in "$@"; do
-        t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
-        total=$((total + t))
-    done
-    echo "$total"
-}
 # run_wrk NAME URL PROXY_PIDS... : wrk against URL, and the CPU the proxy (if any) and
 # the echo backends used meanwhile.
 run_wrk() {
@@ -233,9 +139,9 @@ run_wrk() {
     local proxy_pids=("$@")
     log "wrk: $name ($url)"
     # Anything else busy on the machine skews the figures: show it.
-    echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "load average before: $(loadavg)"
     local cmd=(wrk "-t$THREADS" "-c$CONNECTIONS" "-d$DURATION" --latency -H 'Host: bench.local' "$url")
-    printf '$'; printf ' %q' "${cmd[@]}"; printf '\n'
+    show_cmd "${cmd[@]}"
     local p0 e0 p1 e1 out
     p0=$(cpu_ticks "${proxy_pids[@]}")
     e0=$(cpu_ticks "$ECHO1_PID" "$ECHO2_PID")
@@ -248,8 +154,8 @@ run_wrk() {
     fi
     local requests proxy_cpu echo_cpu per_request="-"
     requests=$(awk '/requests in/ {print $1}' <<<"$out")
-    proxy_cpu=$(awk -v t=$((p1 - p0)) -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", t / hz}')
-    echo_cpu=$(awk -v t=$((e1 - e0)) -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", t / hz}')
+    proxy_cpu=$(ticks_secs $((p1 - p0)))
+    echo_cpu=$(ticks_secs $((e1 - e0)))
     if [ "${#proxy_pids[@]}" -gt 0 ] && [ "${requests:-0}" -gt 0 ]; then
         per_request=$(awk -v t=$((p1 - p0)) -v hz="$CLK_TCK" -v n="$requests" 'BEGIN {printf "%.1fus", t / hz / n * 1e6}')
         echo "proxy CPU: ${proxy_cpu}s (${per_request} per request); echo backends CPU: ${echo_cpu}s"
@@ -281,7 +187,7 @@ if [ "$SKIP_RELOAD" = 0 ]; then
     echo "$RELOAD_OUT"
 fi
 
-log "summary ($(nproc) cores, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, load average now $(cut -d' ' -f1-3 /proc/loadavg))"
+log "summary ($(nproc) cores, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, load average now $(loadavg))"
 cat "$RESULTS"
 if [ -n "$RELOAD_OUT" ]; then echo "$RELOAD_OUT"; fi
 echo "logs: $WORK"

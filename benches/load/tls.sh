@@ -11,6 +11,8 @@
 # it started (by PID) on exit. Logs, manifests, certificate and nginx config stay in the work
 # folder it prints.
 set -euo pipefail
+# shellcheck source=benches/load/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 DURATION=10
 CONCURRENCY=32
@@ -50,41 +52,11 @@ ADMIN_PORT=$((PORT_BASE + 81))
 KINGRESS_TLS_PORT=$((PORT_BASE + 43))
 NGINX_TLS_PORT=$((PORT_BASE + 44))
 
-log() { printf '\n== %s\n' "$*"; }
-
-# --- processes we start, stopped by PID on exit ------------------------------------
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-}
+# Processes we start are stopped by PID on exit (PIDS, cleanup: common.sh).
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_free() { ! (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
-for p in "$ECHO1_PORT" "$ECHO2_PORT" "$HTTP_PORT" "$ADMIN_PORT" "$KINGRESS_TLS_PORT" "$NGINX_TLS_PORT"; do
-    port_free "$p" || { echo "port $HOST:$p is in use; pass --port-base N" >&2; exit 1; }
-done
-
-# Polls until `curl` gets the expected status (no fixed sleeps); gives up after ~30 s.
-wait_status() {
-    local want=$1 url=$2; shift 2
-    local deadline=$((SECONDS + 30)) got
-    while :; do
-        got=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$@" "$url" || true)
-        [ "$got" = "$want" ] && return 0
-        if [ $SECONDS -ge $deadline ]; then
-            echo "timed out waiting for $want from $url (last: $got)" >&2
-            return 1
-        fi
-        sleep 0.02
-    done
-}
+require_free_ports "$ECHO1_PORT" "$ECHO2_PORT" "$HTTP_PORT" "$ADMIN_PORT" "$KINGRESS_TLS_PORT" "$NGINX_TLS_PORT"
 
 # --- tools ----------------------------------------------------------------------------
 apt_install() {
@@ -104,10 +76,8 @@ cargo build --release -p kingress -p kingress-benches --locked
 KINGRESS=$ROOT/target/release/kingress
 HANDSHAKES=$ROOT/target/release/tls-handshakes
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/kingress-tls.XXXXXX")
-MANIFESTS=$WORK/manifests
-mkdir -p "$MANIFESTS" "$WORK/cert"
-echo "work folder: $WORK"
+make_work kingress-tls
+mkdir -p "$WORK/cert"
 
 # --- certificate: self-signed for bench.local, the same files for both proxies -----------
 log "certificate for $SNI ($KEY)"
@@ -123,43 +93,10 @@ else
 fi
 
 # --- backends ---------------------------------------------------------------------------
-log "starting echo backends on $HOST:$ECHO1_PORT and $HOST:$ECHO2_PORT"
-"$KINGRESS" echo --listen "$HOST:$ECHO1_PORT" --name e1 >"$WORK/echo-e1.log" 2>&1 &
-ECHO1_PID=$!
-PIDS+=("$ECHO1_PID")
-"$KINGRESS" echo --listen "$HOST:$ECHO2_PORT" --name e2 >"$WORK/echo-e2.log" 2>&1 &
-ECHO2_PID=$!
-PIDS+=("$ECHO2_PID")
-wait_status 200 "http://$HOST:$ECHO1_PORT/"
-wait_status 200 "http://$HOST:$ECHO2_PORT/"
+start_echo_backends
 
 # --- manifests: Service + 2 EndpointSlices, the tls Secret, an Ingress with a tls section ----
-cat >"$MANIFESTS/echo.yaml" <<EOF
-apiVersion: v1
-kind: Service
-metadata: {name: echo, namespace: default}
-spec:
-  ports:
-  - {name: http, port: 80, targetPort: 8080}
-EOF
-for i in 1 2; do
-    port_var=ECHO${i}_PORT
-    cat >>"$MANIFESTS/echo.yaml" <<EOF
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: echo-e$i
-  namespace: default
-  labels: {kubernetes.io/service-name: echo}
-addressType: IPv4
-ports:
-- {name: http, port: ${!port_var}, protocol: TCP}
-endpoints:
-- addresses: [127.0.0.1]
-  conditions: {ready: true}
-EOF
-done
+write_echo_manifest
 {
     printf 'apiVersion: v1\nkind: Secret\nmetadata: {name: bench-tls, namespace: default}\n'
     printf 'type: kubernetes.io/tls\nstringData:\n  tls.crt: |\n'
@@ -188,12 +125,7 @@ EOF
 
 # --- kingress -------------------------------------------------------------------------------
 log "starting kingress: https $HOST:$KINGRESS_TLS_PORT (http $HOST:$HTTP_PORT, admin $HOST:$ADMIN_PORT)"
-"$KINGRESS" run --manifests "$MANIFESTS" \
-    --http-listen "$HOST:$HTTP_PORT" --https-listen "$HOST:$KINGRESS_TLS_PORT" \
-    --admin-listen "$HOST:$ADMIN_PORT" >"$WORK/kingress.log" 2>&1 &
-KINGRESS_PID=$!
-PIDS+=("$KINGRESS_PID")
-wait_status 200 "http://$HOST:$ADMIN_PORT/readyz"
+start_kingress --https-listen "$HOST:$KINGRESS_TLS_PORT"
 
 # --- nginx: the same job, ingress-nginx's TLS defaults ------------------------------------
 log "starting nginx: https $HOST:$NGINX_TLS_PORT"
@@ -203,11 +135,7 @@ cat >"$WORK/nginx/nginx.conf" <<EOF
 # endpoints, keepalive upstream, the headers ingress-nginx sets, HSTS. TLS settings are
 # ingress-nginx's defaults (protocols, TLS 1.2 ciphers, shared session cache, no tickets).
 # worker_processes auto (2 on this machine), as kingress runs one worker thread per core.
-worker_processes auto;
-daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 4096; }
+$(nginx_conf_main)
 http {
     access_log off;
     client_body_temp_path $WORK/nginx/tmp/body;
@@ -236,25 +164,13 @@ http {
         ssl_certificate $WORK/cert/tls.crt;
         ssl_certificate_key $WORK/cert/tls.key;
         location / {
-            proxy_pass http://echo;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$host;
-            proxy_set_header X-Request-ID \$request_id;
-            proxy_set_header X-Real-IP \$remote_addr;
-            proxy_set_header X-Forwarded-For \$remote_addr;
-            proxy_set_header X-Forwarded-Host \$host;
-            proxy_set_header X-Forwarded-Port \$server_port;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-            proxy_set_header X-Forwarded-Scheme \$scheme;
+$(nginx_proxy_to_echo)
             add_header Strict-Transport-Security "max-age=31536000; includeSubDomains" always;
         }
     }
 }
 EOF
-nginx -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" &
-NGINX_PID=$!
-PIDS+=("$NGINX_PID")
+start_nginx
 
 # --- preflight: both answer 200 with the echo's JSON over h2 for bench.local ---------------
 declare -A PROXY_PORT=([kingress]=$KINGRESS_TLS_PORT [nginx]=$NGINX_TLS_PORT)
@@ -267,7 +183,7 @@ for target in kingress nginx; do
         HEALTHY[$target]=1
     fi
     cmd=(curl -sk --http2 "${resolve[@]}" -w '\n%{http_version} %{http_code}\n' "$url")
-    printf '$'; printf ' %q' "${cmd[@]}"; printf '\n'
+    show_cmd "${cmd[@]}"
     out=$("${cmd[@]}" 2>&1 || true)
     echo "$out"
     if [ "$(tail -n1 <<<"$out")" != "2 200" ] || ! grep -q '"name"' <<<"$out"; then
@@ -280,15 +196,6 @@ done
 # --- measurements ------------------------------------------------------------------------------
 RESULTS=$WORK/results.txt
 : >"$RESULTS"
-CLK_TCK=$(getconf CLK_TCK)
-cpu_ticks() {
-    local total=0 pid t
-    for pid in "$@"; do
-        t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
-        total=$((total + t))
-    done
-    echo "$total"
-}
 # The processes whose CPU counts as the proxy's: kingress, or nginx's workers (the master
 # only supervises).
 proxy_pids() {
@@ -298,7 +205,20 @@ proxy_pids() {
 preamble() {
     local others
     others=$(ps -eo comm= | grep -cxE 'cargo|rustc|cc1|ld' || true)
-    echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg); cargo/rustc/cc/ld processes: ${others:-0}"
+    echo "load average before: $(loadavg); cargo/rustc/cc/ld processes: ${others:-0}"
+}
+# measure TARGET CMD...: shows CMD, runs it under `time` and prints what it wrote. Sets OUT
+# (that output, then a "client CPU:" line) and PROXY_TICKS (TARGET's CPU meanwhile).
+measure() {
+    local target=$1; shift
+    show_cmd "$@"
+    local pids p0 p1
+    mapfile -t pids < <(proxy_pids "$target")
+    p0=$(cpu_ticks "${pids[@]}")
+    OUT=$( { TIMEFORMAT='client CPU: %U s user, %S s system'; time "$@"; } 2>&1) || true
+    p1=$(cpu_ticks "${pids[@]}")
+    echo "$OUT"
+    PROXY_TICKS=$((p1 - p0))
 }
 client_cpu() { awk '/^client CPU:/ {printf "%.2f", $3 + $6}' <<<"$1"; }
 per_unit_us() { awk -v t="$1" -v hz="$CLK_TCK" -v n="$2" 'BEGIN { if (n > 0) printf "%.1f", t / hz / n * 1e6; else printf "-" }'; }
@@ -311,13 +231,8 @@ run_handshakes() {
     preamble
     local cmd=("$HANDSHAKES" --connect "$HOST:$port" --sni "$SNI" --concurrency "$CONCURRENCY"
         --duration-secs "$DURATION" --warmup-secs 1 "$@")
-    printf '$'; printf ' %q' "${cmd[@]}"; printf '\n'
-    local pids p0 p1 out
-    mapfile -t pids < <(proxy_pids "$target")
-    p0=$(cpu_ticks "${pids[@]}")
-    out=$( { TIMEFORMAT='client CPU: %U s user, %S s system'; time "${cmd[@]}"; } 2>&1) || true
-    p1=$(cpu_ticks "${pids[@]}")
-    echo "$out"
+    measure "$target" "${cmd[@]}"
+    local out=$OUT ticks=$PROXY_TICKS
     local res rate all errors p50 p99 cpu
     res=$(grep '^RESULT' <<<"$out" || true)
     if [ -z "$res" ]; then
@@ -326,8 +241,8 @@ run_handshakes() {
     fi
     field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$res"; }
     rate=$(field rate); all=$(field all); errors=$(field errors); p50=$(field p50_ms); p99=$(field p99_ms)
-    cpu=$(per_unit_us $((p1 - p0)) "$all")
-    echo "proxy CPU: $(awk -v t=$((p1 - p0)) -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", t / hz}') s for $all handshakes (warm-up included): ${cpu} us each"
+    cpu=$(per_unit_us "$ticks" "$all")
+    echo "proxy CPU: $(ticks_secs "$ticks") s for $all handshakes (warm-up included): ${cpu} us each"
     printf '%-36s %-8s %9s /s  p50 %6s ms  p99 %6s ms  errors %-5s proxy CPU %6s us/handshake  client CPU %s s\n' \
         "$label" "$target" "$rate" "$p50" "$p99" "$errors" "$cpu" "$(client_cpu "$out")" >>"$RESULTS"
 }
@@ -341,13 +256,8 @@ run_h2load() {
     preamble
     local cmd=(h2load -c "$H2_CONNECTIONS" -m "$H2_STREAMS" -t 1 -D "$DURATION" --warm-up-time 1
         --connect-to "$HOST:$port" "https://$SNI:$port/")
-    printf '$'; printf ' %q' "${cmd[@]}"; printf '\n'
-    local pids p0 p1 out
-    mapfile -t pids < <(proxy_pids "$target")
-    p0=$(cpu_ticks "${pids[@]}")
-    out=$( { TIMEFORMAT='client CPU: %U s user, %S s system'; time "${cmd[@]}"; } 2>&1) || true
-    p1=$(cpu_ticks "${pids[@]}")
-    echo "$out"
+    measure "$target" "${cmd[@]}"
+    local out=$OUT ticks=$PROXY_TICKS
     local rate done failed errored timeout s2xx proto mean max cpu
     rate=$(awk '/^finished in/ {print $4}' <<<"$out")
     done=$(awk '/^requests:/ {print $6}' <<<"$out")
@@ -363,9 +273,9 @@ run_h2load() {
         return
     fi
     # CPU covers the warm-up second too; h2load's counts do not: scale by the measured time.
-    cpu=$(awk -v t=$((p1 - p0)) -v hz="$CLK_TCK" -v n="${done:-0}" -v d="$DURATION" \
+    cpu=$(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="${done:-0}" -v d="$DURATION" \
         'BEGIN { if (n > 0) printf "%.1f", t / hz * d / (d + 1) / n * 1e6; else printf "-" }')
-    echo "proxy CPU: $(awk -v t=$((p1 - p0)) -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", t / hz}') s over $((DURATION + 1)) s (warm-up included): ~${cpu} us per request"
+    echo "proxy CPU: $(ticks_secs "$ticks") s over $((DURATION + 1)) s (warm-up included): ~${cpu} us per request"
     printf '%-36s %-8s %9s /s  mean %7s  max %8s  2xx %s of %s done; failed %s errored %s timeout %s; %s; proxy CPU ~%s us/request  client CPU %s s\n' \
         "$label" "$target" "$rate" "$mean" "$max" "${s2xx:-?}" "${done:-?}" "${failed:-?}" "${errored:-?}" \
         "${timeout:-?}" "${proto:-?}" "$cpu" "$(client_cpu "$out")" >>"$RESULTS"
@@ -383,6 +293,6 @@ if [ "$SKIP_REQUEST" = 0 ]; then
 fi
 for t in "${TARGETS[@]}"; do run_h2load "$t"; done
 
-log "summary ($(nproc) cores, $KEY certificate, $CONCURRENCY handshake loops, h2load -c$H2_CONNECTIONS -m$H2_STREAMS, ${DURATION}s each; load average now $(cut -d' ' -f1-3 /proc/loadavg))"
+log "summary ($(nproc) cores, $KEY certificate, $CONCURRENCY handshake loops, h2load -c$H2_CONNECTIONS -m$H2_STREAMS, ${DURATION}s each; load average now $(loadavg))"
 cat "$RESULTS"
 echo "logs: $WORK"
