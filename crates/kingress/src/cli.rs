@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use kingress_compile::{ClassOptions, CompileOptions, PolicyDefaults, parse_config_map_ref};
 use kingress_proxy::{HealthPolicy, ProxySettings};
 
+use crate::gateway::KubeMode;
 use crate::logging::LogFormat;
 
 #[derive(Debug, Parser)]
@@ -100,8 +101,30 @@ pub struct ClassArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Serve the Kubernetes manifests (*.yaml, *.yml, *.json) under this folder, live-reloaded.
+    /// Without it, kingress watches the Kubernetes API server.
     #[arg(long, env = "KINGRESS_MANIFESTS")]
     pub manifests: Option<PathBuf>,
+    /// Kubernetes mode: the kubeconfig (else $KUBECONFIG, ~/.kube/config, or the in-cluster
+    /// service account).
+    #[arg(long, conflicts_with = "manifests")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubernetes mode: watch the namespaced kinds in this namespace only.
+    #[arg(long, env = "KINGRESS_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// Kubernetes mode: write this Service's load-balancer addresses (NAMESPACE/NAME) into
+    /// the status of the Ingresses served.
+    #[arg(long, env = "KINGRESS_PUBLISH_SERVICE")]
+    pub publish_service: Option<String>,
+    /// Kubernetes mode: write these addresses (ADDR[,ADDR]) into the Ingress status; wins
+    /// over --publish-service.
+    #[arg(long, env = "KINGRESS_PUBLISH_STATUS_ADDRESS", value_delimiter = ',')]
+    pub publish_status_address: Vec<String>,
+    /// Kubernetes mode: clear the Ingress status the leader wrote when it shuts down.
+    #[arg(long, env = "KINGRESS_UPDATE_STATUS_ON_SHUTDOWN")]
+    pub update_status_on_shutdown: bool,
+    /// Kubernetes mode: the name of the Lease used for leader election, in POD_NAMESPACE.
+    #[arg(long, default_value = "kingress-leader", env = "KINGRESS_ELECTION_ID")]
+    pub election_id: String,
     #[command(flatten)]
     pub listen: ListenArgs,
     #[command(flatten)]
@@ -210,6 +233,40 @@ impl ClassArgs {
 }
 
 impl RunArgs {
+    /// Kubernetes mode's settings, from the flags and the pod's environment (POD_NAMESPACE,
+    /// POD_NAME, as ingress-nginx reads them).
+    pub fn kube_mode(&self) -> Result<KubeMode, String> {
+        let publish_service = match &self.publish_service {
+            Some(v) => Some(parse_config_map_ref(v).map_err(|e| format!("--publish-service: {e}"))?),
+            None => None,
+        };
+        let namespace = std::env::var("POD_NAMESPACE")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "default".to_string());
+        let identity = std::env::var("POD_NAME")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_string())
+            })
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| format!("kingress-{}", std::process::id()));
+        Ok(KubeMode {
+            kubeconfig: self.kubeconfig.clone(),
+            watch_namespace: self.watch_namespace.clone().filter(|n| !n.is_empty()),
+            publish_service,
+            publish_status_address: self.publish_status_address.clone(),
+            update_status_on_shutdown: self.update_status_on_shutdown,
+            election_id: self.election_id.clone(),
+            namespace,
+            identity,
+            election: None,
+        })
+    }
+
     /// `--default-ssl-certificate`, checked.
     pub fn default_ssl_certificate(&self) -> Result<Option<(String, String)>, String> {
         match &self.default_ssl_certificate {

@@ -39,6 +39,8 @@ struct Applied {
 }
 
 pub struct Controller {
+    /// Kubernetes mode: new diagnostics also become Events.
+    events: Mutex<Option<kingress_kube::EventSink>>,
     tables: Arc<Tables>,
     options: CompileOptions,
     tls: CertCompiler,
@@ -50,6 +52,7 @@ pub struct Controller {
 impl Controller {
     pub fn new(tables: Arc<Tables>, options: CompileOptions, tls: CertCompiler) -> Arc<Self> {
         Arc::new(Self {
+            events: Mutex::new(None),
             tables,
             options,
             tls,
@@ -60,6 +63,13 @@ impl Controller {
 
     pub fn tables(&self) -> &Arc<Tables> {
         &self.tables
+    }
+
+    /// Sends every new diagnostic to `sink` as well (Kubernetes Events).
+    pub fn set_event_sink(&self, sink: kingress_kube::EventSink) {
+        if let Ok(mut e) = self.events.lock() {
+            *e = Some(sink);
+        }
     }
 
     pub fn certificates(&self) -> &Arc<CertStore> {
@@ -113,8 +123,14 @@ impl Controller {
         all.extend(applied.route_diagnostics.iter().cloned());
         all.extend(applied.endpoint_diagnostics.iter().cloned());
         all.extend(applied.cert_diagnostics.iter().cloned());
-        for d in all.difference(&applied.reported) {
+        let new: Vec<Diagnostic> = all.difference(&applied.reported).cloned().collect();
+        for d in &new {
             tracing::warn!(subject = %d.subject, reason = %d.reason, "{d}");
+        }
+        if let Ok(events) = self.events.lock()
+            && let Some(sink) = events.as_ref()
+        {
+            sink.send(new);
         }
         for d in applied.reported.difference(&all) {
             tracing::info!(subject = %d.subject, "resolved: {d}");

@@ -130,7 +130,7 @@ pub async fn start(
     std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
     let backends = materialize(&folder).await?;
     let options = GatewayOptions {
-        manifests: folder.clone(),
+        source: crate::gateway::Source::Manifests(folder.clone()),
         compile: kingress_compile::CompileOptions::default(),
         proxy: kingress_proxy::ProxySettings::default(),
         worker_threads,

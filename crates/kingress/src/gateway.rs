@@ -1,4 +1,5 @@
-//! Binds the pieces together: manifest folder -> controller -> tables -> listeners.
+//! Binds the pieces together: source (manifest folder or API server) -> controller ->
+//! tables -> listeners; in Kubernetes mode also leader election, Ingress status and Events.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,10 +15,42 @@ use tokio::task::JoinHandle;
 
 use crate::controller::{CertCompiler, Controller};
 
-/// Everything `kingress run --manifests DIR` needs, validated.
+/// Where the objects come from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// `--manifests DIR`.
+    Manifests(PathBuf),
+    /// The API server.
+    Kube(Box<KubeMode>),
+}
+
+/// Kubernetes mode's settings.
+#[derive(Clone, Debug, Default)]
+pub struct KubeMode {
+    /// `--kubeconfig`; else $KUBECONFIG, ~/.kube/config, the in-cluster account.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--watch-namespace`.
+    pub watch_namespace: Option<String>,
+    /// `--publish-service NAMESPACE/NAME`.
+    pub publish_service: Option<(String, String)>,
+    /// `--publish-status-address`.
+    pub publish_status_address: Vec<String>,
+    /// `--update-status-on-shutdown`.
+    pub update_status_on_shutdown: bool,
+    /// `--election-id`: the Lease's name.
+    pub election_id: String,
+    /// The Lease's namespace (POD_NAMESPACE).
+    pub namespace: String,
+    /// This replica (POD_NAME, else the hostname).
+    pub identity: String,
+    /// Leader-election timings (client-go's defaults when `None`).
+    pub election: Option<kingress_kube::ElectionOptions>,
+}
+
+/// Everything `kingress run` needs, validated.
 #[derive(Clone, Debug)]
 pub struct GatewayOptions {
-    pub manifests: PathBuf,
+    pub source: Source,
     pub compile: CompileOptions,
     pub proxy: ProxySettings,
     /// Single-threaded runtimes that run the proxied connections; `None` runs them on
@@ -53,6 +86,15 @@ pub struct GatewayHandle {
     admin_task: JoinHandle<()>,
     workers: Option<Arc<kingress_proxy::WorkerPool>>,
     watcher: Option<FolderWatcher>,
+    kube: Option<KubeParts>,
+}
+
+/// Kubernetes mode's running parts.
+struct KubeParts {
+    source: kingress_kube::KubeSource,
+    election: kingress_kube::Election,
+    status: kingress_kube::StatusWriter,
+    _events: kingress_kube::EventPublisher,
 }
 
 impl GatewayHandle {
@@ -66,10 +108,18 @@ impl GatewayHandle {
         // Stop the watcher first (it joins its thread), so no late scan can mark the
         // gateway ready again while it drains.
         drop(self.watcher.take());
+        let kube = self.kube.take().map(|k| {
+            drop(k.source);
+            (k.election, k.status)
+        });
         self.controller.tables().set_ready(false);
         let _ = self.shutdown.send(true);
         for t in self.tasks.drain(..) {
             let _ = t.await;
+        }
+        if let Some((election, status)) = kube {
+            status.shutdown().await;
+            election.release().await;
         }
         let _ = self.admin_shutdown.send(true);
         let _ = self.admin_task.await;
@@ -107,9 +157,10 @@ pub async fn start(options: GatewayOptions, http: TcpListener, admin: TcpListene
 /// [`start`] with every listener, HTTPS included.
 pub async fn start_with(mut options: GatewayOptions, listeners: Listeners) -> anyhow::Result<GatewayHandle> {
     let Listeners { http, https, admin } = listeners;
-    let meta = std::fs::metadata(&options.manifests)
-        .with_context(|| format!("manifests folder {}", options.manifests.display()))?;
-    anyhow::ensure!(meta.is_dir(), "{} is not a folder", options.manifests.display());
+    if let Source::Manifests(dir) = &options.source {
+        let meta = std::fs::metadata(dir).with_context(|| format!("manifests folder {}", dir.display()))?;
+        anyhow::ensure!(meta.is_dir(), "{} is not a folder", dir.display());
+    }
     let http_addr = http.local_addr()?;
     let https_addr = match &https {
         Some(l) => Some(l.local_addr()?),
@@ -144,17 +195,20 @@ pub async fn start_with(mut options: GatewayOptions, listeners: Listeners) -> an
     ));
     let mut tasks = Vec::new();
 
-    let mut folder = ManifestFolder::new(options.manifests.clone());
-    let (folder, scan) = tokio::task::spawn_blocking(move || {
-        let scan = folder.rescan();
-        (folder, scan)
-    })
-    .await?;
-    controller.apply(scan);
-    let c = controller.clone();
-    let watcher = FolderWatcher::start(folder, move |scan| {
-        c.apply(scan);
-    })?;
+    let (watcher, kube) = match &options.source {
+        Source::Manifests(dir) => {
+            let mut folder = ManifestFolder::new(dir.clone());
+            let (folder, scan) = tokio::task::spawn_blocking(move || {
+                let scan = folder.rescan();
+                (folder, scan)
+            })
+            .await?;
+            controller.apply(scan);
+            let c = controller.clone();
+            (Some(FolderWatcher::start(folder, move |scan| c.apply(scan))?), None)
+        }
+        Source::Kube(mode) => (None, Some(start_kube(mode, &options, &controller).await?)),
+    };
 
     let grace = options.proxy.shutdown_grace;
     let workers = match options.worker_threads {
@@ -191,7 +245,7 @@ pub async fn start_with(mut options: GatewayOptions, listeners: Listeners) -> an
             Some(Arc::new(tls)),
         )));
     }
-    tracing::info!(http = %http_addr, https = ?https_addr, admin = %admin_addr, manifests = %options.manifests.display(), "kingress is serving");
+    tracing::info!(http = %http_addr, https = ?https_addr, admin = %admin_addr, source = ?options.source, "kingress is serving");
     Ok(GatewayHandle {
         http_addr,
         https_addr,
@@ -202,6 +256,54 @@ pub async fn start_with(mut options: GatewayOptions, listeners: Listeners) -> an
         tasks,
         admin_task,
         workers,
-        watcher: Some(watcher),
+        watcher,
+        kube,
+    })
+}
+
+/// Kubernetes mode: the watchers (the controller is fed once every kind has listed; until
+/// then /readyz says 503), leader election, the status writer and Events.
+async fn start_kube(
+    mode: &KubeMode,
+    options: &GatewayOptions,
+    controller: &Arc<Controller>,
+) -> anyhow::Result<KubeParts> {
+    let client = kingress_kube::client(mode.kubeconfig.as_deref()).await?;
+    let kube_options = kingress_kube::KubeOptions {
+        watch_namespace: mode.watch_namespace.clone(),
+        config_map: options.compile.config_map.clone(),
+        ..kingress_kube::KubeOptions::default()
+    };
+    let c = controller.clone();
+    let source = kingress_kube::KubeSource::start(client.clone(), kube_options, move |scan| c.apply(scan));
+    let election_options = mode.election.clone().unwrap_or_else(|| {
+        kingress_kube::ElectionOptions::new(mode.namespace.clone(), mode.election_id.clone(), mode.identity.clone())
+    });
+    let election = kingress_kube::Election::start(client.clone(), election_options);
+    let status = kingress_kube::StatusWriter::start(
+        client.clone(),
+        source.stores().clone(),
+        source.published(),
+        election.leadership.clone(),
+        kingress_kube::StatusOptions {
+            class: options.compile.class.clone(),
+            publish_service: mode.publish_service.clone(),
+            publish_status_address: mode.publish_status_address.clone(),
+            update_on_shutdown: mode.update_status_on_shutdown,
+        },
+    );
+    let (sink, events) = kingress_kube::EventPublisher::start(
+        client,
+        source.stores().clone(),
+        election.leadership.clone(),
+        options.compile.class.controller_class.clone(),
+        mode.identity.clone(),
+    );
+    controller.set_event_sink(sink);
+    Ok(KubeParts {
+        source,
+        election,
+        status,
+        _events: events,
     })
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use kingress::cli::{Cli, Command};
-use kingress::gateway::{GatewayOptions, Listeners};
+use kingress::gateway::{GatewayOptions, Listeners, Source};
 
 // glibc malloc showed up as ~12% of the proxy's CPU under load (perf, 2026-11-21);
 // mimalloc's thread-local free lists suit the many short-lived per-request buffers.
@@ -78,16 +78,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let proxy = args.proxy.settings().map_err(anyhow::Error::msg)?;
             let compile = args.compile_options().map_err(anyhow::Error::msg)?;
             let default_ssl_certificate = args.default_ssl_certificate().map_err(anyhow::Error::msg)?;
-            let Some(manifests) = args.manifests else {
-                anyhow::bail!(
-                    "Kubernetes API mode is not available yet: pass --manifests DIR to serve a folder of manifests"
-                );
+            let source = match &args.manifests {
+                Some(dir) => {
+                    anyhow::ensure!(dir.is_dir(), "--manifests {}: not a folder", dir.display());
+                    Source::Manifests(dir.clone())
+                }
+                None => Source::Kube(Box::new(args.kube_mode().map_err(anyhow::Error::msg)?)),
             };
             let http = bind(args.listen.http_listen, "--http-listen").await?;
             let https = bind(args.listen.https_listen, "--https-listen").await?;
             let admin = bind(args.listen.admin_listen, "--admin-listen").await?;
             let options = GatewayOptions {
-                manifests,
+                source,
                 compile,
                 proxy,
                 worker_threads: Some(kingress::cli::worker_threads(args.worker_threads)),

@@ -141,7 +141,14 @@ fn bad_arguments_fail_before_binding() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a size"));
     let out = Command::new(BIN)
         .args(["run", "--manifests", "/nonexistent/kingress"])
-        .args(["--http-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args([
+            "--http-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--https-listen",
+            "127.0.0.1:0",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -112,7 +112,7 @@ pub async fn start_on(dir: &Path, proxy: ProxySettings) -> GatewayHandle {
 
 pub async fn start_on_with(dir: &Path, proxy: ProxySettings, compile: CompileOptions) -> GatewayHandle {
     let options = GatewayOptions {
-        manifests: dir.to_path_buf(),
+        source: kingress::gateway::Source::Manifests(dir.to_path_buf()),
         compile,
         proxy,
         worker_threads: None,

@@ -1,0 +1,309 @@
+//! The API server as a source of [`Snapshot`]s.
+//!
+//! One watcher and reflector store per kind. Each watch event marks its kind dirty and
+//! wakes the publisher, which waits until every kind has listed once, then rebuilds only
+//! the dirty parts of the snapshot and hands it to the controller (which recompiles only
+//! what changed: an EndpointSlice event never recompiles routes). A burst of events
+//! within [`KubeOptions::coalesce`] is published once.
+//!
+//! Failure handling is kube-runtime's, configured as a production controller needs it:
+//! watches resume from their last resourceVersion, bookmarks keep that version fresh, a
+//! 410 Gone relists (the store swaps to the new list atomically once it is complete, so
+//! nothing serves from a half list), and errors back off with jitter. The stores keep
+//! their last state while the API server is unreachable, so the last good configuration
+//! keeps serving.
+
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use kingress_compile::Snapshot;
+use kingress_sources::Scan;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+/// What the source watches.
+#[derive(Clone, Debug)]
+pub struct KubeOptions {
+    /// `--watch-namespace`: the namespaced kinds in this namespace only.
+    pub watch_namespace: Option<String>,
+    /// `--configmap NAMESPACE/NAME`: the controller ConfigMap, watched by name.
+    pub config_map: Option<(String, String)>,
+    /// How long a burst of watch events is gathered before one publish.
+    pub coalesce: Duration,
+}
+
+impl Default for KubeOptions {
+    fn default() -> Self {
+        Self {
+            watch_namespace: None,
+            config_map: None,
+            coalesce: Duration::from_millis(2),
+        }
+    }
+}
+
+const CLASSES: u8 = 1;
+const INGRESSES: u8 = 1 << 1;
+const SERVICES: u8 = 1 << 2;
+const SLICES: u8 = 1 << 3;
+const SECRETS: u8 = 1 << 4;
+const CONFIG_MAPS: u8 = 1 << 5;
+const ALL: u8 = CLASSES | INGRESSES | SERVICES | SLICES | SECRETS | CONFIG_MAPS;
+
+/// Set by the watchers, taken by the publisher.
+#[derive(Default)]
+struct Dirty {
+    parts: AtomicU8,
+    notify: Notify,
+}
+
+impl Dirty {
+    fn mark(&self, part: u8) {
+        self.parts.fetch_or(part, Ordering::AcqRel);
+        self.notify.notify_one();
+    }
+}
+
+/// The reflector stores, readable at any time (the status writer lists our Ingresses).
+#[derive(Clone)]
+pub struct Stores {
+    pub ingress_classes: Store<IngressClass>,
+    pub ingresses: Store<Ingress>,
+    pub services: Store<Service>,
+    pub endpoint_slices: Store<EndpointSlice>,
+    pub secrets: Store<Secret>,
+    pub config_maps: Option<Store<ConfigMap>>,
+}
+
+/// The running source. Dropping it stops every watch.
+pub struct KubeSource {
+    stores: Stores,
+    tasks: Vec<JoinHandle<()>>,
+    /// Wakes on every publish (the status writer follows the snapshots).
+    published: Arc<Notify>,
+}
+
+impl Drop for KubeSource {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl KubeSource {
+    /// Starts the watchers and the publisher. `apply` is called (on a blocking thread)
+    /// with every new snapshot, the first one once every kind has listed.
+    pub fn start(client: Client, options: KubeOptions, apply: impl Fn(Scan) + Send + Sync + 'static) -> Self {
+        let dirty = Arc::new(Dirty::default());
+        let ns = options.watch_namespace.as_deref();
+        let mut tasks = Vec::new();
+        let cluster = watcher::Config::default();
+
+        let ingress_classes = spawn_watch(Api::all(client.clone()), cluster.clone(), CLASSES, &dirty, &mut tasks);
+        let ingresses = spawn_watch(namespaced(&client, ns), cluster.clone(), INGRESSES, &dirty, &mut tasks);
+        let services = spawn_watch(namespaced(&client, ns), cluster.clone(), SERVICES, &dirty, &mut tasks);
+        let endpoint_slices = spawn_watch(namespaced(&client, ns), cluster.clone(), SLICES, &dirty, &mut tasks);
+        // Only TLS Secrets: the API server filters, so other Secrets never reach us.
+        let secrets = spawn_watch(
+            namespaced(&client, ns),
+            cluster.clone().fields("type=kubernetes.io/tls"),
+            SECRETS,
+            &dirty,
+            &mut tasks,
+        );
+        let config_maps = options.config_map.as_ref().map(|(cm_ns, name)| {
+            spawn_watch(
+                Api::namespaced(client.clone(), cm_ns),
+                cluster.clone().fields(&format!("metadata.name={name}")),
+                CONFIG_MAPS,
+                &dirty,
+                &mut tasks,
+            )
+        });
+        let stores = Stores {
+            ingress_classes,
+            ingresses,
+            services,
+            endpoint_slices,
+            secrets,
+            config_maps,
+        };
+        let published = Arc::new(Notify::new());
+        tasks.push(tokio::spawn(publish(
+            stores.clone(),
+            dirty,
+            options.coalesce,
+            Arc::new(apply),
+            published.clone(),
+        )));
+        Self {
+            stores,
+            tasks,
+            published,
+        }
+    }
+
+    pub fn stores(&self) -> &Stores {
+        &self.stores
+    }
+
+    /// Notified after every publish.
+    pub fn published(&self) -> Arc<Notify> {
+        self.published.clone()
+    }
+}
+
+fn namespaced<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// One kind: watcher → (strip what we never read) → reflector store; every event that
+/// changes the store marks the kind dirty.
+fn spawn_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    part: u8,
+    dirty: &Arc<Dirty>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Store<K>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone,
+{
+    let kind = K::kind(&K::DynamicType::default()).to_string();
+    let (store, writer) = reflector::store();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(|obj: &mut K| {
+            // Server bookkeeping that can be larger than the object: never read here.
+            obj.meta_mut().managed_fields = None;
+            if let Some(a) = obj.meta_mut().annotations.as_mut() {
+                a.remove("kubectl.kubernetes.io/last-applied-configuration");
+            }
+        })
+        .reflect(writer);
+    let dirty = dirty.clone();
+    tasks.push(tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        let mut failing = false;
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) => {
+                    if failing {
+                        tracing::info!(%kind, "watch resumed");
+                        failing = false;
+                    }
+                    dirty.mark(part);
+                }
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+                Err(e) => {
+                    // Logged once per outage at warn, then at debug: the backoff retries.
+                    if failing {
+                        tracing::debug!(%kind, error = %e, "watch still failing");
+                    } else {
+                        tracing::warn!(%kind, error = %e, "watch failed; the last state keeps serving, retrying with backoff");
+                        failing = true;
+                    }
+                }
+            }
+        }
+    }));
+    store
+}
+
+async fn publish(
+    stores: Stores,
+    dirty: Arc<Dirty>,
+    coalesce: Duration,
+    apply: Arc<dyn Fn(Scan) + Send + Sync>,
+    published: Arc<Notify>,
+) {
+    // Nothing is published before every kind has listed once: /readyz stays 503.
+    let ready = async {
+        stores.ingress_classes.wait_until_ready().await?;
+        stores.ingresses.wait_until_ready().await?;
+        stores.services.wait_until_ready().await?;
+        stores.endpoint_slices.wait_until_ready().await?;
+        stores.secrets.wait_until_ready().await?;
+        if let Some(cm) = &stores.config_maps {
+            cm.wait_until_ready().await?;
+        }
+        Ok::<_, reflector::store::WriterDropped>(())
+    };
+    if ready.await.is_err() {
+        return;
+    }
+    tracing::info!("initial sync from the API server complete");
+    dirty.parts.fetch_or(ALL, Ordering::AcqRel);
+    let mut snapshot = Snapshot::default();
+    loop {
+        let parts = dirty.parts.swap(0, Ordering::AcqRel);
+        if parts != 0 {
+            refresh(&mut snapshot, &stores, parts);
+            let scan = Scan {
+                snapshot: snapshot.clone(),
+                diagnostics: Vec::new(),
+                changed: true,
+            };
+            let apply = apply.clone();
+            if tokio::task::spawn_blocking(move || apply(scan)).await.is_err() {
+                tracing::error!("applying a snapshot panicked");
+            }
+            published.notify_waiters();
+        }
+        dirty.notify.notified().await;
+        // Gather the rest of a burst (a rollout touches many objects at once).
+        tokio::time::sleep(coalesce).await;
+    }
+}
+
+/// Rebuilds the dirty parts from the stores, sorted by namespace/name so equal states
+/// compare equal.
+fn refresh(snapshot: &mut Snapshot, stores: &Stores, parts: u8) {
+    if parts & CLASSES != 0 {
+        snapshot.ingress_classes = sorted(&stores.ingress_classes);
+    }
+    if parts & INGRESSES != 0 {
+        snapshot.ingresses = sorted(&stores.ingresses);
+    }
+    if parts & SERVICES != 0 {
+        snapshot.services = sorted(&stores.services);
+    }
+    if parts & SLICES != 0 {
+        snapshot.endpoint_slices = sorted(&stores.endpoint_slices);
+    }
+    if parts & SECRETS != 0 {
+        snapshot.secrets = sorted(&stores.secrets);
+    }
+    if parts & CONFIG_MAPS != 0 {
+        snapshot.config_maps = stores.config_maps.as_ref().map(sorted).unwrap_or_default();
+    }
+}
+
+fn sorted<K>(store: &Store<K>) -> Vec<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    let mut objects: Vec<Arc<K>> = store.state();
+    objects.sort_by_key(|o| (o.namespace(), o.name_any()));
+    objects.iter().map(|o| K::clone(o)).collect()
+}

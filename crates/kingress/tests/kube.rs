@@ -1,0 +1,274 @@
+//! Kubernetes mode end to end: kube-rs's real client against an in-process server that
+//! speaks the API server's list/watch protocol, and real traffic through the gateway.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use kingress::gateway::{GatewayHandle, GatewayOptions, KubeMode, Source};
+use kingress_compile::CompileOptions;
+use kingress_fake_apiserver::FakeApiServer;
+use kingress_proxy::ProxySettings;
+use serde_json::{Value, json};
+
+/// A kubeconfig pointing at the fake server.
+fn kubeconfig(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"{url}\"}}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context: {{cluster: fake, user: u, namespace: default}}\ncurrent-context: c\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn service(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}})
+}
+
+fn slice(name: &str, service: &str, port: u16) -> Value {
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": "default", "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]})
+}
+
+fn ingress(name: &str, host: &str, paths: &[(&str, &str)]) -> Value {
+    let paths: Vec<Value> = paths
+        .iter()
+        .map(|(p, svc)| {
+            json!({"path": p, "pathType": "Prefix",
+                "backend": {"service": {"name": svc, "port": {"number": 80}}}})
+        })
+        .collect();
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"ingressClassName": "kingress", "rules": [{"host": host, "http": {"paths": paths}}]}})
+}
+
+struct KubeEnv {
+    api: FakeApiServer,
+    env: Env,
+}
+
+fn fast_election(identity: &str) -> kingress_kube::ElectionOptions {
+    kingress_kube::ElectionOptions {
+        lease_duration: Duration::from_secs(2),
+        renew_deadline: Duration::from_millis(1500),
+        retry_period: Duration::from_millis(200),
+        ..kingress_kube::ElectionOptions::new("default".into(), "kingress-leader".into(), identity.into())
+    }
+}
+
+async fn start_kube_gateway(api: &FakeApiServer, dir: &std::path::Path, identity: &str) -> GatewayHandle {
+    let mode = KubeMode {
+        kubeconfig: Some(kubeconfig(dir, &api.url())),
+        publish_status_address: vec!["10.0.0.7".into(), "lb.example.com".into()],
+        election_id: "kingress-leader".into(),
+        namespace: "default".into(),
+        identity: identity.into(),
+        election: Some(fast_election(identity)),
+        ..KubeMode::default()
+    };
+    let options = GatewayOptions {
+        source: Source::Kube(Box::new(mode)),
+        compile: CompileOptions::default(),
+        proxy: ProxySettings::default(),
+        worker_threads: None,
+        default_ssl_certificate: None,
+        https_redirect_port: None,
+    };
+    start_gateway(options).await
+}
+
+async fn kube_env(backend_port: u16) -> KubeEnv {
+    let api = FakeApiServer::start().await;
+    api.apply(service("web"));
+    api.apply(slice("web-1", "web", backend_port));
+    api.apply(ingress("site", "k.test", &[("/", "web")]));
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = start_kube_gateway(&api, dir.path(), "replica-a").await;
+    let env = Env {
+        dir,
+        gateway,
+        client: client(),
+    };
+    KubeEnv { api, env }
+}
+
+async fn ready(env: &Env) -> bool {
+    env.client
+        .get(env.admin("/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_sync_then_changes_of_every_kind_are_served() {
+    let a = echo("a").await;
+    let b = echo("b").await;
+    let k = kube_env(a.addr().port()).await;
+    let env = &k.env;
+    poll_until(WAIT, "/readyz after the initial sync", || async {
+        ready(env).await.then_some(())
+    })
+    .await;
+    assert_eq!(env.echo_json("k.test", "/x").await["name"], "a");
+
+    // Ingress modified: a new path to a new Service.
+    k.api.apply(service("other"));
+    k.api.apply(slice("other-1", "other", b.addr().port()));
+    k.api.apply(ingress("site", "k.test", &[("/", "web"), ("/b", "other")]));
+    // ("/" already answers /b from a: wait for the backend to change, not the status.)
+    poll_until(WAIT, "/b to route to b", || async {
+        (env.echo_json("k.test", "/b/1").await["name"] == "b").then_some(())
+    })
+    .await;
+
+    // EndpointSlice changed: web now points at b.
+    k.api.apply(slice("web-1", "web", b.addr().port()));
+    poll_until(WAIT, "web to move to b", || async {
+        (env.echo_json("k.test", "/").await["name"] == "b").then_some(())
+    })
+    .await;
+
+    // Service deleted: its paths answer 503; Ingress deleted: 404.
+    assert!(k.api.delete("v1", "Service", Some("default"), "other"));
+    env.wait_status("k.test", "/b", 503).await;
+    assert!(k.api.delete("networking.k8s.io/v1", "Ingress", Some("default"), "site"));
+    env.wait_status("k.test", "/", 404).await;
+
+    // IngressClass: an Ingress without a class is ours once our class is the default.
+    let mut classless = ingress("classless", "c.test", &[("/", "web")]);
+    classless["spec"].as_object_mut().unwrap().remove("ingressClassName");
+    k.api.apply(classless);
+    k.api
+        .apply(json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+        "metadata": {"name": "kingress", "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}},
+        "spec": {"controller": "kingress.dev/ingress-controller"}}));
+    env.wait_status("c.test", "/", 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_410_relists_and_an_api_server_outage_keeps_serving() {
+    let a = echo("a").await;
+    let k = kube_env(a.addr().port()).await;
+    let env = &k.env;
+    env.wait_status("k.test", "/", 200).await;
+
+    // The watch history is compacted and the streams end: the watchers get 410 on
+    // resume and relist. A change made meanwhile is seen.
+    k.api.compact();
+    k.api.drop_watches();
+    k.api.apply(ingress("site2", "k2.test", &[("/", "web")]));
+    env.wait_status("k2.test", "/", 200).await;
+
+    // The API server goes away: the last good configuration keeps serving.
+    k.api.set_down(true);
+    for _ in 0..20 {
+        assert_eq!(env.get("k.test", "/").await.0, 200);
+        assert_eq!(env.get("k2.test", "/").await.0, 200);
+    }
+    assert!(ready(env).await, "still ready: it serves the last good configuration");
+    // It comes back (a restart, resourceVersions intact): changes flow again.
+    k.api.set_down(false);
+    k.api.apply(ingress("site3", "k3.test", &[("/", "web")]));
+    env.wait_status("k3.test", "/", 200).await;
+    assert_eq!(env.get("k.test", "/").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_while_the_api_server_is_unreachable_at_start() {
+    let a = echo("a").await;
+    let api = FakeApiServer::start().await;
+    api.apply(service("web"));
+    api.apply(slice("web-1", "web", a.addr().port()));
+    api.apply(ingress("site", "k.test", &[("/", "web")]));
+    api.fail_next(6, 403);
+    api.set_down(true);
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = start_kube_gateway(&api, dir.path(), "replica-a").await;
+    let env = Env {
+        dir,
+        gateway,
+        client: client(),
+    };
+    // /healthz answers, /readyz does not while nothing was listed.
+    let health = env.client.get(env.admin("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(!ready(&env).await);
+    // The API server comes up (and answers 403 for a while, as a real one warming its
+    // RBAC caches does): retried with backoff until the first sync.
+    api.set_down(false);
+    poll_until(
+        Duration::from_secs(30),
+        "/readyz after the API server came up",
+        || async { ready(&env).await.then_some(()) },
+    )
+    .await;
+    assert_eq!(env.get("k.test", "/").await.0, 200);
+}
+
+fn status_of(api: &FakeApiServer, name: &str) -> Value {
+    api.get("networking.k8s.io/v1", "Ingress", Some("default"), name)
+        .map(|i| i["status"]["loadBalancer"]["ingress"].clone())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_writes_status_and_events_and_a_second_replica_takes_over() {
+    let a = echo("a").await;
+    let k = kube_env(a.addr().port()).await;
+    let env = &k.env;
+    env.wait_status("k.test", "/", 200).await;
+    // Status: the published addresses, IPs as ip and names as hostname.
+    let expected = json!([{"ip": "10.0.0.7"}, {"hostname": "lb.example.com"}]);
+    poll_until(WAIT, "the Ingress status", || async {
+        (status_of(&k.api, "site") == expected).then_some(())
+    })
+    .await;
+    // An Ingress of another class is left alone.
+    let mut foreign = ingress("foreign", "f.test", &[("/", "web")]);
+    foreign["spec"]["ingressClassName"] = json!("nginx");
+    k.api.apply(foreign);
+    // An invalid Ingress gets an Event.
+    k.api.apply(ingress("broken", "b.test", &[("no-slash", "web")]));
+    poll_until(WAIT, "an Event on the invalid Ingress", || async {
+        k.api
+            .list("events.k8s.io/v1", "Event")
+            .iter()
+            .any(|e| e["regarding"]["name"] == "broken" && e["type"] == "Warning")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(status_of(&k.api, "foreign"), Value::Null);
+
+    // A second replica: it does not lead while the first renews.
+    let dir_b = tempfile::tempdir().unwrap();
+    let b = start_kube_gateway(&k.api, dir_b.path(), "replica-b").await;
+    let holder = |api: &FakeApiServer| {
+        api.get("coordination.k8s.io/v1", "Lease", Some("default"), "kingress-leader")
+            .map(|l| l["spec"]["holderIdentity"].clone())
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(holder(&k.api), "replica-a");
+    // The first stops (releasing the Lease): the second takes over and keeps the
+    // status current for new Ingresses.
+    let KubeEnv { api, env } = k;
+    env.gateway.shutdown().await;
+    poll_until(WAIT, "replica-b to lead", || async {
+        (holder(&api) == "replica-b").then_some(())
+    })
+    .await;
+    api.apply(ingress("later", "l.test", &[("/", "web")]));
+    poll_until(WAIT, "replica-b to write status", || async {
+        (status_of(&api, "later") == expected).then_some(())
+    })
+    .await;
+    b.shutdown().await;
+}
