@@ -272,3 +272,87 @@ async fn the_leader_writes_status_and_events_and_a_second_replica_takes_over() {
     .await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_secrets_and_the_controller_configmap_come_from_the_api_server() {
+    let a = echo("a").await;
+    let api = FakeApiServer::start().await;
+    api.apply(service("web"));
+    api.apply(slice("web-1", "web", a.addr().port()));
+    let mut site = ingress("site", "k.test", &[("/", "web")]);
+    site["spec"]["tls"] = json!([{"hosts": ["k.test"], "secretName": "k-tls"}]);
+    api.apply(site);
+    api.apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "kingress-controller", "namespace": "default"},
+        "data": {"proxy-next-upstream-tries": "2"}}));
+    let dir = tempfile::tempdir().unwrap();
+    let mode = KubeMode {
+        kubeconfig: Some(kubeconfig(dir.path(), &api.url())),
+        election_id: "kingress-leader".into(),
+        namespace: "default".into(),
+        identity: "replica-a".into(),
+        election: Some(fast_election("replica-a")),
+        ..KubeMode::default()
+    };
+    let options = GatewayOptions {
+        source: Source::Kube(Box::new(mode)),
+        compile: CompileOptions {
+            config_map: Some(("default".into(), "kingress-controller".into())),
+            ..CompileOptions::default()
+        },
+        proxy: ProxySettings::default(),
+        worker_threads: None,
+        default_ssl_certificate: None,
+        https_redirect_port: None,
+    };
+    let env = Env {
+        dir,
+        gateway: start_gateway(options).await,
+        client: client(),
+    };
+    async fn tries(env: &Env) -> Option<Value> {
+        let dump = env.debug_config().await;
+        dump["servers"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["host"] == "k.test").cloned())
+            .map(|s| s["paths"][0]["tries"].clone())
+    }
+    poll_until(WAIT, "the ConfigMap's tries", || async {
+        (tries(&env).await == Some(json!(2))).then_some(())
+    })
+    .await;
+    // The Secret appears: k.test gets its certificate.
+    let c = rcgen::generate_simple_self_signed(vec!["k.test".to_string()]).unwrap();
+    api.apply(
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": "k-tls", "namespace": "default"},
+        "stringData": {"tls.crt": c.cert.pem(), "tls.key": c.signing_key.serialize_pem()}}),
+    );
+    poll_until(WAIT, "the certificate from the Secret", || async {
+        let dump = env.debug_config().await;
+        dump["certificates"]
+            .as_array()
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["host"] == "k.test" && c["secret"] == "default/k-tls")
+            })
+            .then_some(())
+    })
+    .await;
+    // Secrets are watched with the API server filtering them to TLS ones.
+    assert!(
+        api.requests()
+            .iter()
+            .any(|(_, q)| q.contains("fieldSelector=type%3Dkubernetes.io%2Ftls")
+                || q.contains("fieldSelector=type=kubernetes.io/tls")),
+        "the Secret watch asks for TLS Secrets only"
+    );
+    // The ConfigMap changes.
+    api.apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "kingress-controller", "namespace": "default"},
+        "data": {"proxy-next-upstream-tries": "5"}}));
+    poll_until(WAIT, "the new tries", || async {
+        (tries(&env).await == Some(json!(5))).then_some(())
+    })
+    .await;
+}
