@@ -356,3 +356,47 @@ async fn tls_secrets_and_the_controller_configmap_come_from_the_api_server() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_namespace_limits_what_is_served() {
+    let a = echo("a").await;
+    let api = FakeApiServer::start().await;
+    for ns in ["team", "default"] {
+        let in_ns = |mut v: Value| {
+            v["metadata"]["namespace"] = json!(ns);
+            v
+        };
+        api.apply(in_ns(service("web")));
+        api.apply(in_ns(slice("web-1", "web", a.addr().port())));
+        api.apply(in_ns(ingress("site", &format!("{ns}.test"), &[("/", "web")])));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mode = KubeMode {
+        kubeconfig: Some(kubeconfig(dir.path(), &api.url())),
+        watch_namespace: Some("team".into()),
+        election_id: "kingress-leader".into(),
+        namespace: "team".into(),
+        identity: "replica-a".into(),
+        election: Some(fast_election("replica-a")),
+        ..KubeMode::default()
+    };
+    let options = GatewayOptions {
+        source: Source::Kube(Box::new(mode)),
+        compile: CompileOptions::default(),
+        proxy: ProxySettings::default(),
+        worker_threads: None,
+        default_ssl_certificate: None,
+        https_redirect_port: None,
+    };
+    let env = Env {
+        dir,
+        gateway: start_gateway(options).await,
+        client: client(),
+    };
+    env.wait_status("team.test", "/", 200).await;
+    assert_eq!(
+        env.get("default.test", "/").await.0,
+        404,
+        "another namespace is not watched"
+    );
+}
