@@ -157,7 +157,8 @@ pub(crate) fn ingress_policy(
 ) -> (BackendPolicy, Vec<String>) {
     let mut policy = defaults.clone();
     let mut problems = Vec::new();
-    let Some(annotations) = annotations else {
+    // Most Ingresses carry no annotation of ours: skip every lookup then.
+    let Some(annotations) = annotations.filter(|a| a.keys().any(|k| k.starts_with(ANNOTATION_PREFIX))) else {
         return (policy, problems);
     };
     let get = |key: &str| {

@@ -1,9 +1,11 @@
 //! The API server as a source of [`Snapshot`]s.
 //!
 //! One watcher and reflector store per kind. Each watch event marks its kind dirty and
-//! wakes the publisher, which waits until every kind has listed once, then rebuilds only
-//! the dirty parts of the snapshot and hands it to the controller (which recompiles only
-//! what changed: an EndpointSlice event never recompiles routes). A burst of events
+//! wakes the publisher, which waits until every kind has listed once, then reads only the
+//! dirty kinds from the stores and hands them to the controller as an
+//! [`Update`](kingress_sources::Update) (it recompiles only what they affect: an
+//! EndpointSlice event never recompiles routes, and unchanged kinds are neither cloned
+//! nor compared). A burst of events
 //! within [`KubeOptions::coalesce`] is published once.
 //!
 //! Failure handling is kube-runtime's, configured as a production controller needs it:
@@ -23,8 +25,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
-use kingress_compile::Snapshot;
-use kingress_sources::Scan;
+use kingress_sources::Update;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -103,8 +104,8 @@ impl Drop for KubeSource {
 
 impl KubeSource {
     /// Starts the watchers and the publisher. `apply` is called (on a blocking thread)
-    /// with every new snapshot, the first one once every kind has listed.
-    pub fn start(client: Client, options: KubeOptions, apply: impl Fn(Scan) + Send + Sync + 'static) -> Self {
+    /// with the kinds that changed, the first time with every kind once all have listed.
+    pub fn start(client: Client, options: KubeOptions, apply: impl Fn(Update) + Send + Sync + 'static) -> Self {
         let dirty = Arc::new(Dirty::default());
         let ns = options.watch_namespace.as_deref();
         let mut tasks = Vec::new();
@@ -233,7 +234,7 @@ async fn publish(
     stores: Stores,
     dirty: Arc<Dirty>,
     coalesce: Duration,
-    apply: Arc<dyn Fn(Scan) + Send + Sync>,
+    apply: Arc<dyn Fn(Update) + Send + Sync>,
     published: Arc<Notify>,
 ) {
     // Nothing is published before every kind has listed once: /readyz stays 503.
@@ -253,18 +254,12 @@ async fn publish(
     }
     tracing::info!("initial sync from the API server complete");
     dirty.parts.fetch_or(ALL, Ordering::AcqRel);
-    let mut snapshot = Snapshot::default();
     loop {
         let parts = dirty.parts.swap(0, Ordering::AcqRel);
         if parts != 0 {
-            refresh(&mut snapshot, &stores, parts);
-            let scan = Scan {
-                snapshot: snapshot.clone(),
-                diagnostics: Vec::new(),
-                changed: true,
-            };
+            let update = changed_parts(&stores, parts);
             let apply = apply.clone();
-            if tokio::task::spawn_blocking(move || apply(scan)).await.is_err() {
+            if tokio::task::spawn_blocking(move || apply(update)).await.is_err() {
                 tracing::error!("applying a snapshot panicked");
             }
             published.notify_waiters();
@@ -275,26 +270,16 @@ async fn publish(
     }
 }
 
-/// Rebuilds the dirty parts from the stores, sorted by namespace/name so equal states
-/// compare equal.
-fn refresh(snapshot: &mut Snapshot, stores: &Stores, parts: u8) {
-    if parts & CLASSES != 0 {
-        snapshot.ingress_classes = sorted(&stores.ingress_classes);
-    }
-    if parts & INGRESSES != 0 {
-        snapshot.ingresses = sorted(&stores.ingresses);
-    }
-    if parts & SERVICES != 0 {
-        snapshot.services = sorted(&stores.services);
-    }
-    if parts & SLICES != 0 {
-        snapshot.endpoint_slices = sorted(&stores.endpoint_slices);
-    }
-    if parts & SECRETS != 0 {
-        snapshot.secrets = sorted(&stores.secrets);
-    }
-    if parts & CONFIG_MAPS != 0 {
-        snapshot.config_maps = stores.config_maps.as_ref().map(sorted).unwrap_or_default();
+/// The dirty kinds, read from the stores, sorted by namespace/name.
+fn changed_parts(stores: &Stores, parts: u8) -> Update {
+    let pick = |bit: u8| parts & bit != 0;
+    Update {
+        ingress_classes: pick(CLASSES).then(|| sorted(&stores.ingress_classes)),
+        ingresses: pick(INGRESSES).then(|| sorted(&stores.ingresses)),
+        services: pick(SERVICES).then(|| sorted(&stores.services)),
+        endpoint_slices: pick(SLICES).then(|| sorted(&stores.endpoint_slices)),
+        secrets: pick(SECRETS).then(|| sorted(&stores.secrets)),
+        config_maps: pick(CONFIG_MAPS).then(|| stores.config_maps.as_ref().map(sorted).unwrap_or_default()),
     }
 }
 

@@ -7,12 +7,15 @@
 //!
 //! # Layout
 //! - [`decode`]: YAML/JSON documents into typed objects, with file/line diagnostics.
+//! - [`update`]: replaced parts of a snapshot, from a source that knows what changed.
 //! - [`manifests`]: a folder of manifests, re-read on change, last good version kept
 //!   per file; [`manifests::FolderWatcher`] turns filesystem events into rescans.
 
 pub mod decode;
 pub mod manifests;
+pub mod update;
 
 pub use decode::Object;
 pub use kingress_compile::Snapshot;
 pub use manifests::{FolderWatcher, ManifestFolder, Scan};
+pub use update::Update;

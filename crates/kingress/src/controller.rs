@@ -15,7 +15,8 @@ use std::time::{Instant, SystemTime};
 use kingress_compile::{CompileOptions, Snapshot, compile_endpoints, compile_routes};
 use kingress_model::Diagnostic;
 use kingress_proxy::Tables;
-use kingress_sources::Scan;
+use kingress_sources::update::Affects;
+use kingress_sources::{Scan, Update};
 use kingress_tls::{CertStore, TlsOptions, compile_certs};
 use rustls::sign::CertifiedKey;
 
@@ -80,46 +81,86 @@ impl Controller {
         self.diagnostics.lock().map(|d| d.clone()).unwrap_or_default()
     }
 
-    /// Compiles and publishes a scan. Never fails: problems are diagnostics.
+    /// Compiles and publishes a scan (a whole snapshot: what changed is found by
+    /// comparing it with the last one). Never fails: problems are diagnostics.
     pub fn apply(&self, scan: Scan) {
         let started = Instant::now();
         let Ok(mut applied) = self.applied.lock() else {
             return;
         };
         let new = scan.snapshot;
-        let (routes_changed, endpoints_changed, certs_changed) = match &applied.snapshot {
-            None => (true, true, true),
-            Some(old) => (
-                old.ingress_classes != new.ingress_classes
+        let affects = match &applied.snapshot {
+            None => Affects {
+                routes: true,
+                endpoints: true,
+                certificates: true,
+            },
+            Some(old) => Affects {
+                routes: old.ingress_classes != new.ingress_classes
                     || old.ingresses != new.ingresses
                     || old.services != new.services
                     || old.config_maps != new.config_maps,
-                old.services != new.services || old.endpoint_slices != new.endpoint_slices,
-                old.ingress_classes != new.ingress_classes
+                endpoints: old.services != new.services || old.endpoint_slices != new.endpoint_slices,
+                certificates: old.ingress_classes != new.ingress_classes
                     || old.ingresses != new.ingresses
                     || old.secrets != new.secrets,
-            ),
+            },
         };
+        applied.snapshot = Some(new);
+        self.compile_and_publish(&mut applied, affects, scan.diagnostics, started);
+    }
+
+    /// Applies the replaced parts of the snapshot a watch-based source sends: no clone or
+    /// comparison of the kinds that did not change.
+    pub fn apply_update(&self, update: Update) {
+        let started = Instant::now();
+        let Ok(mut applied) = self.applied.lock() else {
+            return;
+        };
+        let first = applied.snapshot.is_none();
+        let mut affects = update.affects();
+        if first {
+            affects = Affects {
+                routes: true,
+                endpoints: true,
+                certificates: true,
+            };
+        }
+        update.apply_to(applied.snapshot.get_or_insert_with(Snapshot::default));
+        self.compile_and_publish(&mut applied, affects, Vec::new(), started);
+    }
+
+    fn compile_and_publish(
+        &self,
+        applied: &mut Applied,
+        affects: Affects,
+        source_diagnostics: Vec<Diagnostic>,
+        started: Instant,
+    ) {
+        let Some(new) = applied.snapshot.as_ref() else {
+            return;
+        };
+        let (routes_changed, endpoints_changed, certs_changed) =
+            (affects.routes, affects.endpoints, affects.certificates);
         if certs_changed {
-            let (table, diags) = compile_certs(&new, &self.tls.options, &self.tls.fallback, SystemTime::now());
+            let (table, diags) = compile_certs(new, &self.tls.options, &self.tls.fallback, SystemTime::now());
             self.tls.store.publish(table);
             applied.cert_diagnostics = diags;
         }
         if endpoints_changed {
-            let (table, diags) = compile_endpoints(&new);
+            let (table, diags) = compile_endpoints(new);
             self.tables.publish_endpoints(table);
             applied.endpoint_diagnostics = diags;
         }
         if routes_changed {
-            let (config, diags) = compile_routes(&new, &self.options);
+            let (config, diags) = compile_routes(new, &self.options);
             tracing::debug!(routes = config.route_count(), "routing table compiled");
             self.tables.publish_config(config);
             applied.route_diagnostics = diags;
         }
         let (config_gen, endpoints_gen) = self.tables.generations();
-        applied.snapshot = Some(new);
 
-        let mut all: BTreeSet<Diagnostic> = scan.diagnostics.into_iter().collect();
+        let mut all: BTreeSet<Diagnostic> = source_diagnostics.into_iter().collect();
         all.extend(applied.route_diagnostics.iter().cloned());
         all.extend(applied.endpoint_diagnostics.iter().cloned());
         all.extend(applied.cert_diagnostics.iter().cloned());

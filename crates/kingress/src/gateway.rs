@@ -275,7 +275,7 @@ async fn start_kube(
         ..kingress_kube::KubeOptions::default()
     };
     let c = controller.clone();
-    let source = kingress_kube::KubeSource::start(client.clone(), kube_options, move |scan| c.apply(scan));
+    let source = kingress_kube::KubeSource::start(client.clone(), kube_options, move |update| c.apply_update(update));
     let election_options = mode.election.clone().unwrap_or_else(|| {
         kingress_kube::ElectionOptions::new(mode.namespace.clone(), mode.election_id.clone(), mode.identity.clone())
     });
