@@ -38,7 +38,7 @@
 //! 6. endpoint changes, `--changes` times: replaces the EndpointSlice of `live` so that it
 //!    points at the other echo process, and polls `GET /live` the same way until the
 //!    echo's `name` in the JSON answer is the new one. Its log lines must say
-//!    `routes_recompiled: false`;
+//!    `routes_recompiled: false`. During both series VmRSS is read every 50 changes;
 //! 7. reads VmRSS and VmHWM again, fetches `/debug/config` once (timed) and counts what
 //!    kingress serves (servers, paths, backends, endpoints, diagnostics), stops kingress
 //!    (SIGTERM, by PID) and the echo backends, and prints a markdown table.
@@ -268,7 +268,38 @@ struct Publish {
     elapsed_us: u64,
     routes_recompiled: bool,
     endpoints_rebuilt: bool,
+    certificates_rebuilt: bool,
     diagnostics: u64,
+    /// The line's timestamp (when the apply ended), in µs since the Unix epoch.
+    at_unix_us: Option<i64>,
+}
+
+/// `2026-11-21T18:19:04.653362Z` (tracing-subscriber's JSON timestamps, UTC) in µs since
+/// the Unix epoch.
+fn rfc3339_unix_us(ts: &str) -> Option<i64> {
+    let ts = ts.strip_suffix('Z')?;
+    let (date, time) = ts.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    let digits: String = frac.chars().take(6).collect();
+    let micros = format!("{digits:0<6}").parse::<i64>().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1_000_000) + micros)
+}
+
+fn now_unix_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// Reads the lines appended to a log file since the last call.
@@ -318,6 +349,8 @@ impl LogTail {
                     elapsed_us: num("elapsed_us"),
                     routes_recompiled: flag("routes_recompiled"),
                     endpoints_rebuilt: flag("endpoints_rebuilt"),
+                    certificates_rebuilt: flag("certificates_rebuilt"),
+                    at_unix_us: v.get("timestamp").and_then(Value::as_str).and_then(rfc3339_unix_us),
                     diagnostics: num("diagnostics"),
                 });
             }
@@ -633,6 +666,8 @@ fn spread_us(samples: &[u64]) -> String {
 #[derive(Default)]
 struct Series {
     latencies: Vec<Duration>,
+    /// kingress's VmRSS (KiB) after every 50th change (and the last).
+    rss_kib: Vec<u64>,
     /// Polls sent in all.
     polls: u64,
     /// Changes not live within CHANGE_TIMEOUT.
@@ -643,18 +678,35 @@ struct Series {
     publishes: usize,
     routes_recompiled: usize,
     endpoints_rebuilt: usize,
+    certificates_rebuilt: usize,
     /// Changes for which no publish was logged within LOG_TIMEOUT.
     unlogged: usize,
+    /// Per change live and published once: from `apply` returning to the start of
+    /// kingress's `Controller::apply` (the log line's timestamp minus its `elapsed_us`):
+    /// watch delivery and decoding, the source's coalescing, snapshot rebuild and clone,
+    /// the hand-over to the blocking thread. Wall clocks of both processes (same machine).
+    before_apply: Vec<Duration>,
+    /// And from there to live (the compile up to the table swap, and the poll that sees it).
+    apply_to_live: Vec<Duration>,
 }
 
 impl Series {
-    fn record_publishes(&mut self, p: &[Publish]) {
+    fn record(&mut self, applied_unix_us: i64, live: Option<Duration>, p: &[Publish]) {
         if p.is_empty() {
             self.unlogged += 1;
+        }
+        if let (Some(live), [one]) = (live, p)
+            && let Some(end) = one.at_unix_us
+        {
+            let start = end - i64::try_from(one.elapsed_us).unwrap_or(i64::MAX);
+            let before = Duration::from_micros(u64::try_from(start - applied_unix_us).unwrap_or(0));
+            self.before_apply.push(before);
+            self.apply_to_live.push(live.saturating_sub(before));
         }
         self.publishes += p.len();
         self.routes_recompiled += p.iter().filter(|p| p.routes_recompiled).count();
         self.endpoints_rebuilt += p.iter().filter(|p| p.endpoints_rebuilt).count();
+        self.certificates_rebuilt += p.iter().filter(|p| p.certificates_rebuilt).count();
         self.elapsed_us.extend(p.iter().map(|p| p.elapsed_us));
     }
 }
@@ -685,6 +737,7 @@ async fn route_changes(
         let seen = log.publishes.len();
         api.apply(live_ingress(Some(&path)));
         let applied = Instant::now();
+        let applied_unix_us = now_unix_us();
         let live = loop {
             s.polls += 1;
             let (status, _) = conn.get(LIVE_HOST, &path).await?;
@@ -708,13 +761,16 @@ async fn route_changes(
             }
         }
         let p = log.publishes_after(seen).await?;
-        s.record_publishes(&p);
-        if (k + 1) % 50 == 0 {
+        s.record(applied_unix_us, live, &p);
+        if (k + 1) % 50 == 0 || k + 1 == opts.changes {
+            let (rss, _) = memory_kib(kingress.pid())?;
+            s.rss_kib.push(rss);
             eprintln!(
-                "route changes: {}/{} done; last {}",
+                "route changes: {}/{} done; last {}; VmRSS {}",
                 k + 1,
                 opts.changes,
-                live.map_or("timed out".into(), ms)
+                live.map_or("timed out".into(), ms),
+                mib(rss)
             );
         }
     }
@@ -753,6 +809,7 @@ async fn endpoint_changes(
         let seen = log.publishes.len();
         api.apply(live_slice(to.1));
         let applied = Instant::now();
+        let applied_unix_us = now_unix_us();
         let live = loop {
             s.polls += 1;
             let (status, body) = conn.get(LIVE_HOST, "/live").await?;
@@ -776,13 +833,16 @@ async fn endpoint_changes(
             }
         }
         let p = log.publishes_after(seen).await?;
-        s.record_publishes(&p);
-        if (k + 1) % 50 == 0 {
+        s.record(applied_unix_us, live, &p);
+        if (k + 1) % 50 == 0 || k + 1 == opts.changes {
+            let (rss, _) = memory_kib(kingress.pid())?;
+            s.rss_kib.push(rss);
             eprintln!(
-                "endpoint changes: {}/{} done; last {}",
+                "endpoint changes: {}/{} done; last {}; VmRSS {}",
                 k + 1,
                 opts.changes,
-                live.map_or("timed out".into(), ms)
+                live.map_or("timed out".into(), ms),
+                mib(rss)
             );
         }
     }
@@ -834,7 +894,7 @@ async fn served(admin: SocketAddr) -> Result<Served> {
 
 // ---------------------------------------------------------------------------------------
 
-async fn run(opts: Opts) -> Result<()> {
+async fn run(opts: Opts, api_rt: tokio::runtime::Handle) -> Result<()> {
     if !opts.kingress.is_file() {
         bail!(
             "{} not found: build it with `cargo build --release -p kingress -p kingress-benches --locked`",
@@ -879,13 +939,10 @@ async fn run(opts: Opts) -> Result<()> {
     }
 
     // 2. The fake API server, on its own runtime, loaded.
-    let api_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("fake-apiserver")
-        .enable_all()
-        .build()
-        .context("the fake API server's runtime")?;
-    let api = api_rt.block_on(FakeApiServer::start());
+    let api = api_rt
+        .spawn(FakeApiServer::start())
+        .await
+        .context("starting the fake API server")?;
     eprintln!("fake API server at {}; loading objects...", api.url());
     let loaded = load(&api, &opts, echoes[0].1);
     eprintln!(
@@ -917,6 +974,7 @@ async fn run(opts: Opts) -> Result<()> {
         opts.worker_threads.to_string(),
     ];
     let load_before = loadavg();
+    let own_cpu_spawn = cpu_secs(std::process::id(), clk_tck)?;
     let spawned = Instant::now();
     let mut kingress = Proc::spawn("kingress", &opts.kingress, &args, work.join("kingress.log"))?;
     let pid = kingress.pid();
@@ -938,6 +996,7 @@ async fn run(opts: Opts) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     let cpu_ready = cpu_secs(pid, clk_tck)?;
+    let own_cpu_ready = cpu_secs(std::process::id(), clk_tck)? - own_cpu_spawn;
     log.poll()?;
     let synced_at = synced_at.unwrap_or(ready_at);
     let first = log.publishes.first().cloned();
@@ -986,7 +1045,6 @@ async fn run(opts: Opts) -> Result<()> {
     kingress.stop();
     drop(echo_procs);
     drop(api);
-    api_rt.shutdown_timeout(Duration::from_secs(1));
 
     // The report.
     let n = opts.ingresses;
@@ -998,7 +1056,7 @@ async fn run(opts: Opts) -> Result<()> {
     println!("| figure | value |\n|---|---|");
     println!(
         "| objects in the fake API server | {n} Ingresses (2 paths each) in {} namespaces, {n} Services, {} EndpointSlices with {} endpoints; plus IngressClass `kingress` and the `live` Service, EndpointSlice and Ingress |",
-        NAMESPACES.min(n.max(1)),
+        NAMESPACES.min(n),
         loaded.slices,
         loaded.endpoints
     );
@@ -1011,15 +1069,19 @@ async fn run(opts: Opts) -> Result<()> {
         ms(synced_at)
     );
     println!("| spawn → `/readyz` 200 | **{}** |", ms(ready_at));
+    println!(
+        "| initial sync logged → `/readyz` 200 (snapshot, compile, publish) | {} |",
+        ms(ready_at.saturating_sub(synced_at))
+    );
     if let Some(f) = &first {
         println!(
-            "| first publish (compare + compile + publish, log `elapsed_us`) | {} ({} diagnostics) |",
+            "| first publish (`Controller::apply`, log `elapsed_us`) | {} ({} diagnostics) |",
             us_as_ms(f.elapsed_us),
             f.diagnostics
         );
     }
     println!(
-        "| kingress CPU until ready (utime + stime) | {cpu_ready:.2} s |\n| GET requests other than watches and Leases (list pages) until ready | {lists} |"
+        "| kingress CPU until ready (utime + stime) | {cpu_ready:.2} s |\n| this process's CPU meanwhile (the fake API server serving the lists, and the polls) | {own_cpu_ready:.2} s |\n| GET requests other than watches and Leases (list pages) until ready | {lists} |"
     );
     println!(
         "| VmRSS after ready + {:.0} s settle | **{}** |\n| VmHWM (peak) by then | **{}** |",
@@ -1032,21 +1094,42 @@ async fn run(opts: Opts) -> Result<()> {
         mib(rss_end),
         mib(hwm_end)
     );
+    let every_50 = |s: &Series| {
+        s.rss_kib
+            .iter()
+            .map(|k| format!("{:.0}", *k as f64 / 1024.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "| VmRSS every 50 route changes, then every 50 endpoint changes (MiB) | {} / {} |",
+        every_50(&routes),
+        every_50(&endpoints)
+    );
     println!(
         "| route change → live (`apply` returned → first 200), {} changes | **{}** |",
         routes.latencies.len(),
         spread(&routes.latencies)
     );
     println!(
-        "| route changes: publish `elapsed_us` (compare + compile + publish) | {} |",
+        "| route changes: `Controller::apply` (log `elapsed_us`: compare, compile, publish, drop the previous snapshot) | {} |",
         spread_us(&routes.elapsed_us)
     );
     println!(
-        "| route changes: publishes logged / recompiled routes / rebuilt endpoints / changes without a log line / not live in {} s | {} / {} / {} / {} / {} |",
+        "| route changes: `apply` returned → kingress's `Controller::apply` began (log timestamp − `elapsed_us`) | {} |",
+        spread(&routes.before_apply)
+    );
+    println!(
+        "| route changes: `Controller::apply` began → live | {} |",
+        spread(&routes.apply_to_live)
+    );
+    println!(
+        "| route changes: publishes logged / recompiled routes / rebuilt endpoints / rebuilt certificates / changes without a log line / not live in {} s | {} / {} / {} / {} / {} / {} |",
         CHANGE_TIMEOUT.as_secs(),
         routes.publishes,
         routes.routes_recompiled,
         routes.endpoints_rebuilt,
+        routes.certificates_rebuilt,
         routes.unlogged,
         routes.timeouts
     );
@@ -1056,12 +1139,24 @@ async fn run(opts: Opts) -> Result<()> {
         spread(&endpoints.latencies)
     );
     println!(
-        "| endpoint changes: publish `elapsed_us` | {} |",
+        "| endpoint changes: `Controller::apply` (log `elapsed_us`) | {} |",
         spread_us(&endpoints.elapsed_us)
     );
     println!(
-        "| endpoint changes: publishes logged / **recompiled routes** / rebuilt endpoints / changes without a log line | {} / **{}** / {} / {} |",
-        endpoints.publishes, endpoints.routes_recompiled, endpoints.endpoints_rebuilt, endpoints.unlogged
+        "| endpoint changes: `apply` returned → `Controller::apply` began | {} |",
+        spread(&endpoints.before_apply)
+    );
+    println!(
+        "| endpoint changes: `Controller::apply` began → live | {} |",
+        spread(&endpoints.apply_to_live)
+    );
+    println!(
+        "| endpoint changes: publishes logged / **recompiled routes** / rebuilt endpoints / rebuilt certificates / changes without a log line | {} / **{}** / {} / {} / {} |",
+        endpoints.publishes,
+        endpoints.routes_recompiled,
+        endpoints.endpoints_rebuilt,
+        endpoints.certificates_rebuilt,
+        endpoints.unlogged
     );
     println!(
         "| kingress CPU during the route / endpoint changes | {cpu_routes:.2} s / {cpu_endpoints:.2} s ({:.1} s wall for both series) |",
@@ -1106,8 +1201,21 @@ async fn run(opts: Opts) -> Result<()> {
 
 fn main() -> ExitCode {
     let opts = Opts::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
+    // The client side (polls, log, processes) on this thread; the fake API server on a
+    // runtime of its own with one worker thread.
+    let runtimes = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .and_then(|rt| {
+            let api_rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("fake-apiserver")
+                .enable_all()
+                .build()?;
+            Ok((rt, api_rt))
+        });
+    let (rt, api_rt) = match runtimes {
+        Ok(r) => r,
         Err(e) => {
             eprintln!("kube-scale: {e}");
             return ExitCode::FAILURE;
@@ -1116,10 +1224,11 @@ fn main() -> ExitCode {
     // Ctrl-C drops `run`, and with it every child process guard (each stops its child).
     let result = rt.block_on(async {
         tokio::select! {
-            r = run(opts) => r,
+            r = run(opts, api_rt.handle().clone()) => r,
             _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
         }
     });
+    api_rt.shutdown_timeout(Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -1141,6 +1250,18 @@ mod tests {
         assert_eq!(pct(&s, 100.0), 200);
         assert_eq!(pct(&s, 0.0), 1);
         assert_eq!(pct::<u64>(&[], 50.0), 0);
+    }
+
+    #[test]
+    fn log_timestamps_parse_to_unix_micros() {
+        assert_eq!(rfc3339_unix_us("1970-01-01T00:00:00.000001Z"), Some(1));
+        assert_eq!(
+            rfc3339_unix_us("2026-11-21T18:19:04.653362Z"),
+            Some(1_795_285_144_653_362)
+        );
+        assert_eq!(rfc3339_unix_us("2000-03-01T00:00:00Z"), Some(951_868_800_000_000));
+        assert_eq!(rfc3339_unix_us("2026-11-21T18:19:04.5Z"), Some(1_795_285_144_500_000));
+        assert_eq!(rfc3339_unix_us("garbage"), None);
     }
 
     #[test]

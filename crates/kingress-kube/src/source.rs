@@ -28,7 +28,7 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kingress_sources::Update;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, Resource};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -289,6 +289,11 @@ where
     K::DynamicType: Eq + Hash + Clone,
 {
     let mut objects: Vec<Arc<K>> = store.state();
-    objects.sort_by_key(|o| (o.namespace(), o.name_any()));
+    // Compare borrowed fields: a key that builds Strings allocated on every comparison
+    // (a third of a route change's time at 10,000 Ingresses).
+    objects.sort_unstable_by(|a, b| {
+        let (a, b) = (a.meta(), b.meta());
+        a.namespace.cmp(&b.namespace).then_with(|| a.name.cmp(&b.name))
+    });
     objects.iter().map(|o| K::clone(o)).collect()
 }
