@@ -64,25 +64,40 @@ fn fast_election(identity: &str) -> kingress_kube::ElectionOptions {
     }
 }
 
-async fn start_kube_gateway(api: &FakeApiServer, dir: &std::path::Path, identity: &str) -> GatewayHandle {
-    let mode = KubeMode {
+/// A Kubernetes-mode gateway on `api` as `identity`; `tweak` adjusts the mode.
+async fn start_kube(
+    api: &FakeApiServer,
+    dir: &std::path::Path,
+    identity: &str,
+    compile: CompileOptions,
+    tweak: impl FnOnce(&mut KubeMode),
+) -> GatewayHandle {
+    let mut mode = KubeMode {
         kubeconfig: Some(kubeconfig(dir, &api.url())),
-        publish_status_address: vec!["10.0.0.7".into(), "lb.example.com".into()],
         election_id: "kingress-leader".into(),
         namespace: "default".into(),
         identity: identity.into(),
         election: Some(fast_election(identity)),
         ..KubeMode::default()
     };
+    tweak(&mut mode);
     let options = GatewayOptions {
         source: Source::Kube(Box::new(mode)),
-        compile: CompileOptions::default(),
+        compile,
         proxy: ProxySettings::default(),
         worker_threads: None,
         default_ssl_certificate: None,
         https_redirect_port: None,
     };
     start_gateway(options).await
+}
+
+/// [`start_kube`] publishing two status addresses.
+async fn start_kube_gateway(api: &FakeApiServer, dir: &std::path::Path, identity: &str) -> GatewayHandle {
+    start_kube(api, dir, identity, CompileOptions::default(), |m| {
+        m.publish_status_address = vec!["10.0.0.7".into(), "lb.example.com".into()];
+    })
+    .await
 }
 
 async fn kube_env(backend_port: u16) -> KubeEnv {
@@ -286,28 +301,14 @@ async fn tls_secrets_and_the_controller_configmap_come_from_the_api_server() {
         "metadata": {"name": "kingress-controller", "namespace": "default"},
         "data": {"proxy-next-upstream-tries": "2"}}));
     let dir = tempfile::tempdir().unwrap();
-    let mode = KubeMode {
-        kubeconfig: Some(kubeconfig(dir.path(), &api.url())),
-        election_id: "kingress-leader".into(),
-        namespace: "default".into(),
-        identity: "replica-a".into(),
-        election: Some(fast_election("replica-a")),
-        ..KubeMode::default()
+    let compile = CompileOptions {
+        config_map: Some(("default".into(), "kingress-controller".into())),
+        ..CompileOptions::default()
     };
-    let options = GatewayOptions {
-        source: Source::Kube(Box::new(mode)),
-        compile: CompileOptions {
-            config_map: Some(("default".into(), "kingress-controller".into())),
-            ..CompileOptions::default()
-        },
-        proxy: ProxySettings::default(),
-        worker_threads: None,
-        default_ssl_certificate: None,
-        https_redirect_port: None,
-    };
+    let gateway = start_kube(&api, dir.path(), "replica-a", compile, |_| {}).await;
     let env = Env {
         dir,
-        gateway: start_gateway(options).await,
+        gateway,
         client: client(),
     };
     async fn tries(env: &Env) -> Option<Value> {
@@ -371,26 +372,14 @@ async fn watch_namespace_limits_what_is_served() {
         api.apply(in_ns(ingress("site", &format!("{ns}.test"), &[("/", "web")])));
     }
     let dir = tempfile::tempdir().unwrap();
-    let mode = KubeMode {
-        kubeconfig: Some(kubeconfig(dir.path(), &api.url())),
-        watch_namespace: Some("team".into()),
-        election_id: "kingress-leader".into(),
-        namespace: "team".into(),
-        identity: "replica-a".into(),
-        election: Some(fast_election("replica-a")),
-        ..KubeMode::default()
-    };
-    let options = GatewayOptions {
-        source: Source::Kube(Box::new(mode)),
-        compile: CompileOptions::default(),
-        proxy: ProxySettings::default(),
-        worker_threads: None,
-        default_ssl_certificate: None,
-        https_redirect_port: None,
-    };
+    let gateway = start_kube(&api, dir.path(), "replica-a", CompileOptions::default(), |m| {
+        m.watch_namespace = Some("team".into());
+        m.namespace = "team".into();
+    })
+    .await;
     let env = Env {
         dir,
-        gateway: start_gateway(options).await,
+        gateway,
         client: client(),
     };
     env.wait_status("team.test", "/", 200).await;
