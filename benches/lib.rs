@@ -17,6 +17,8 @@
 //!
 //! Nothing is random at run time: the same `n` always gives the same objects and requests.
 
+pub mod procs;
+
 use std::collections::{HashMap, HashSet};
 
 use k8s_openapi::api::core::v1::Service;

@@ -35,10 +35,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -49,7 +48,7 @@ use hyper::header::HOST;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-const LOCALHOST: [u8; 4] = [127, 0, 0, 1];
+use kingress_benches::procs::{Proc, free_ports, local, log_tail};
 const BENCH_HOST: &str = "bench.local";
 const ALGORITHMS: [&str; 2] = ["round_robin", "ewma"];
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -102,96 +101,6 @@ fn parse_args() -> Result<Opts, String> {
         ));
     }
     Ok(o)
-}
-
-/// A child process we started; stopped (SIGTERM, then SIGKILL after 5 s) when dropped.
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, program: &Path, args: &[String], log: PathBuf) -> Result<Self> {
-        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let err = out.try_clone()?;
-        let child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("starting {} {}", program.display(), args.join(" ")))?;
-        eprintln!(
-            "started {name} (pid {}): {} {}",
-            child.id(),
-            program.display(),
-            args.join(" ")
-        );
-        Ok(Self {
-            name: name.to_string(),
-            child,
-            log,
-        })
-    }
-
-    /// Fails when the process has already exited (with the end of its log).
-    fn check_running(&mut self) -> Result<()> {
-        match self.child.try_wait()? {
-            None => Ok(()),
-            Some(status) => bail!("{} exited ({status}); {}", self.name, log_tail(&self.log)),
-        }
-    }
-
-    fn stop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            match self.child.try_wait() {
-                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-                _ => return,
-            }
-        }
-        eprintln!(
-            "{} (pid {pid}) did not stop on SIGTERM within 5 s; killing it",
-            self.name
-        );
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn log_tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
-    format!("last lines of {}:\n{tail}", log.display())
-}
-
-/// `n` distinct free ports on 127.0.0.1: all bound at once, then released.
-fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind(SocketAddr::from((LOCALHOST, 0))))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect::<std::io::Result<Vec<_>>>()
-        .map_err(Into::into)
-}
-
-fn local(port: u16) -> SocketAddr {
-    SocketAddr::from((LOCALHOST, port))
 }
 
 /// One GET on a fresh connection: the status and body, or None on any error or after 1 s.

@@ -54,9 +54,9 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -71,7 +71,7 @@ use kingress_fake_apiserver::FakeApiServer;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 
-const LOCALHOST: [u8; 4] = [127, 0, 0, 1];
+use kingress_benches::procs::{Proc, free_ports, local, log_tail};
 const LIVE_HOST: &str = "live.bench";
 const LIVE_NS: &str = "default";
 /// Namespaces the N Ingresses and Services are spread over.
@@ -116,100 +116,6 @@ struct Opts {
 
 // ---------------------------------------------------------------------------------------
 // Child processes
-
-/// A child process we started; stopped (SIGTERM, then SIGKILL after 10 s) when dropped.
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, program: &Path, args: &[String], log: PathBuf) -> Result<Self> {
-        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let err = out.try_clone()?;
-        let child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("starting {} {}", program.display(), args.join(" ")))?;
-        eprintln!(
-            "started {name} (pid {}): {} {}",
-            child.id(),
-            program.display(),
-            args.join(" ")
-        );
-        Ok(Self {
-            name: name.to_string(),
-            child,
-            log,
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Fails when the process has already exited (with the end of its log).
-    fn check_running(&mut self) -> Result<()> {
-        match self.child.try_wait()? {
-            None => Ok(()),
-            Some(status) => bail!("{} exited ({status}); {}", self.name, log_tail(&self.log)),
-        }
-    }
-
-    fn stop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            match self.child.try_wait() {
-                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-                _ => return,
-            }
-        }
-        eprintln!(
-            "{} (pid {pid}) did not stop on SIGTERM within 10 s; killing it",
-            self.name
-        );
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn log_tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
-    format!("last lines of {}:\n{tail}", log.display())
-}
-
-/// `n` distinct free ports on 127.0.0.1: all bound at once, then released.
-fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind(SocketAddr::from((LOCALHOST, 0))))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect::<std::io::Result<Vec<_>>>()
-        .map_err(Into::into)
-}
-
-fn local(port: u16) -> SocketAddr {
-    SocketAddr::from((LOCALHOST, port))
-}
 
 // ---------------------------------------------------------------------------------------
 // /proc
@@ -691,6 +597,21 @@ struct Series {
 }
 
 impl Series {
+    /// Every 50 changes (and after the last): kingress's RSS, and a progress line.
+    fn progress(&mut self, what: &str, k: usize, total: usize, live: Option<Duration>, kingress: &Proc) -> Result<()> {
+        if (k + 1).is_multiple_of(50) || k + 1 == total {
+            let (rss, _) = memory_kib(kingress.pid())?;
+            self.rss_kib.push(rss);
+            eprintln!(
+                "{what}: {}/{total} done; last {}; VmRSS {}",
+                k + 1,
+                live.map_or("timed out".into(), ms),
+                mib(rss)
+            );
+        }
+        Ok(())
+    }
+
     fn record(&mut self, applied_unix_us: i64, live: Option<Duration>, p: &[Publish]) {
         if p.is_empty() {
             self.unlogged += 1;
@@ -762,17 +683,7 @@ async fn route_changes(
         }
         let p = log.publishes_after(seen).await?;
         s.record(applied_unix_us, live, &p);
-        if (k + 1) % 50 == 0 || k + 1 == opts.changes {
-            let (rss, _) = memory_kib(kingress.pid())?;
-            s.rss_kib.push(rss);
-            eprintln!(
-                "route changes: {}/{} done; last {}; VmRSS {}",
-                k + 1,
-                opts.changes,
-                live.map_or("timed out".into(), ms),
-                mib(rss)
-            );
-        }
+        s.progress("route changes", k, opts.changes, live, kingress)?;
     }
     eprintln!("route changes: {} polls on {} connection(s)", s.polls, conn.connects);
     Ok(s)
@@ -834,17 +745,7 @@ async fn endpoint_changes(
         }
         let p = log.publishes_after(seen).await?;
         s.record(applied_unix_us, live, &p);
-        if (k + 1) % 50 == 0 || k + 1 == opts.changes {
-            let (rss, _) = memory_kib(kingress.pid())?;
-            s.rss_kib.push(rss);
-            eprintln!(
-                "endpoint changes: {}/{} done; last {}; VmRSS {}",
-                k + 1,
-                opts.changes,
-                live.map_or("timed out".into(), ms),
-                mib(rss)
-            );
-        }
+        s.progress("endpoint changes", k, opts.changes, live, kingress)?;
     }
     eprintln!("endpoint changes: {} polls on {} connection(s)", s.polls, conn.connects);
     Ok(s)
