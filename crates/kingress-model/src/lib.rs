@@ -15,6 +15,7 @@
 //!   and [`Config::lookup`].
 //! - [`endpoints`]: [`EndpointTable`], the ready endpoints per backend, published on its
 //!   own swap so endpoint churn never recompiles routes.
+//! - [`l4`]: [`L4Table`], the TCP/UDP ports and SSL passthrough hosts, on their own swap.
 //! - [`policy`]: [`BackendPolicy`], how a route balances and retries (from annotations).
 //! - [`diag`]: [`Diagnostic`], how a bad object or file is reported without failing the rest.
 
@@ -22,12 +23,14 @@ pub mod config;
 pub mod diag;
 pub mod endpoints;
 pub mod host;
+pub mod l4;
 pub mod path;
 pub mod policy;
 
 pub use config::{BackendId, Config, ConfigBuilder, Route, RouteSource, Server};
 pub use diag::{Diagnostic, ObjectRef, Subject};
 pub use endpoints::{EndpointSet, EndpointTable};
+pub use l4::{L4Port, L4Protocol, L4Route, L4Source, L4Table, ProxyVersion, udp_backend};
 pub use path::PathType;
 pub use policy::{
     AffinityMode, BackendPolicy, BackendProtocol, Balance, CookieAffinity, HashKey, HashPart, RetryPolicy, SameSite,

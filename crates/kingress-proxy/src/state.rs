@@ -10,12 +10,16 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use kingress_balance::{Balanced, HealthPolicy, Nanos};
-use kingress_model::{Config, EndpointTable};
+use kingress_model::{Config, EndpointTable, L4Table};
 
 #[derive(Debug)]
 pub struct Tables {
     config: ArcSwap<Config>,
     endpoints: ArcSwap<Balanced>,
+    /// The L4 ports and passthrough hosts (their endpoints are in `endpoints`).
+    l4: ArcSwap<L4Table>,
+    /// Woken on every L4 publish, for the L4 listener manager.
+    l4_changed: tokio::sync::watch::Sender<u64>,
     /// The balancer's clock: [`Tables::now`] counts from here.
     epoch: Instant,
     health: HealthPolicy,
@@ -41,6 +45,8 @@ impl Tables {
         Self {
             config: ArcSwap::default(),
             endpoints: ArcSwap::default(),
+            l4: ArcSwap::default(),
+            l4_changed: tokio::sync::watch::Sender::new(0),
             epoch: Instant::now(),
             health,
             ready: AtomicBool::new(false),
@@ -82,6 +88,28 @@ impl Tables {
         let next = Balanced::new(table, Some(&previous), self.now(), self.health);
         self.endpoints.store(Arc::new(next));
         self.endpoints_generation.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// The current L4 table, for a short look (a new connection's route).
+    pub fn l4(&self) -> arc_swap::Guard<Arc<L4Table>> {
+        self.l4.load()
+    }
+
+    /// Publishes a new L4 table and wakes [`Tables::l4_changes`] watchers. Returns its
+    /// generation.
+    pub fn publish_l4(&self, table: L4Table) -> u64 {
+        self.l4.store(Arc::new(table));
+        let mut generation = 0;
+        self.l4_changed.send_modify(|g| {
+            *g += 1;
+            generation = *g;
+        });
+        generation
+    }
+
+    /// A receiver that sees every L4 publish (its value is the generation).
+    pub fn l4_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.l4_changed.subscribe()
     }
 
     pub fn set_ready(&self, ready: bool) {
