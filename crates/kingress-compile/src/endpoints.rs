@@ -1,7 +1,8 @@
 //! Services and EndpointSlices into an [`EndpointTable`].
 //!
 //! Every TCP port of every valid Service gets an entry `namespace/service:port`, even with
-//! no endpoint (then it answers 503). The endpoints of a Service port are those of the
+//! no endpoint (then it answers 503); every UDP port one keyed `namespace/service:udp:port`
+//! (for the L4 plane). The endpoints of a Service port are those of the
 //! EndpointSlices labelled `kubernetes.io/service-name: <service>` in the same namespace,
 //! from the slice port whose name equals the Service port's name (the slice carries the
 //! resolved target port number). An endpoint serves unless `conditions.ready` is false
@@ -11,7 +12,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kingress_model::{Diagnostic, EndpointSet, EndpointTable};
+use kingress_model::{Diagnostic, EndpointSet, EndpointTable, udp_backend};
 
 use crate::routes::{ServiceIndex, port_key_for};
 use crate::validate::Protocol;
@@ -54,14 +55,17 @@ pub fn compile_endpoints(snapshot: &Snapshot) -> (EndpointTable, Vec<Diagnostic>
         }
         let ports = by_service.get(key);
         for p in &svc.ports {
-            if p.protocol != Protocol::Tcp {
-                continue;
-            }
+            let id = match p.protocol {
+                Protocol::Tcp => port_key_for(key, p.port),
+                // Only L4 (ServiceLB, udp-services) forwards UDP.
+                Protocol::Udp => udp_backend(&key.0, &key.1, p.port),
+                Protocol::Sctp => continue,
+            };
             let addrs = ports
                 .and_then(|m| m.get(&(p.name.clone(), p.protocol)))
                 .cloned()
                 .unwrap_or_default();
-            table.insert(port_key_for(key, p.port), EndpointSet::new(addrs));
+            table.insert(id, EndpointSet::new(addrs));
         }
     }
     (table, diagnostics)

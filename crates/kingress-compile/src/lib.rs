@@ -15,9 +15,12 @@
 //! - [`policy`]: balancing and retry settings from the ConfigMap and annotations.
 //! - [`endpoints`]: Services and EndpointSlices into an [`EndpointTable`]; kept apart so
 //!   endpoint churn is compiled (and published) without touching the routes.
+//! - [`l4`]: ServiceLB ports, tcp/udp-services and SSL passthrough hosts into an
+//!   [`L4Table`](kingress_model::L4Table).
 
 pub mod class;
 pub mod endpoints;
+pub mod l4;
 pub mod policy;
 pub mod routes;
 mod validate;
@@ -29,6 +32,7 @@ use kingress_model::{Config, Diagnostic, EndpointTable, ObjectRef};
 
 pub use class::ClassOptions;
 pub use endpoints::compile_endpoints;
+pub use l4::{L4Options, compile_l4};
 pub use policy::{ANNOTATION_PREFIX, PolicyDefaults, parse_config_map_ref};
 pub use routes::compile_routes;
 
@@ -54,6 +58,8 @@ pub struct CompileOptions {
     pub config_map: Option<(String, String)>,
     /// Defaults from flags, under the ConfigMap's.
     pub defaults: PolicyDefaults,
+    /// What the L4 table is built from (ServiceLB mode, tcp/udp-services, passthrough).
+    pub l4: L4Options,
 }
 
 /// What [`compile`] produces.

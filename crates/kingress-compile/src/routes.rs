@@ -51,8 +51,49 @@ impl ServiceIndex {
         self.valid.iter()
     }
 
+    pub(crate) fn get(&self, key: &(String, String)) -> Option<&ValidService> {
+        self.valid.get(key)
+    }
+
+    /// The number of the Service port `port` (by number or name) of `protocol`, or why
+    /// there is none.
+    pub(crate) fn port_of(&self, key: &(String, String), port: &PortRef, protocol: Protocol) -> Result<u16, String> {
+        let Some(svc) = self.valid.get(key) else {
+            return Err(if self.rejected.contains(key) {
+                format!("service \"{}/{}\" is invalid (see its diagnostic)", key.0, key.1)
+            } else {
+                format!("service \"{}/{}\" not found", key.0, key.1)
+            });
+        };
+        if svc.external_name.is_some() {
+            return Err(format!(
+                "service \"{}/{}\" is of type ExternalName, which is not supported",
+                key.0, key.1
+            ));
+        }
+        svc.ports
+            .iter()
+            .find(|p| {
+                p.protocol == protocol
+                    && match port {
+                        PortRef::Number(n) => p.port == *n,
+                        PortRef::Name(name) => p.name == *name,
+                    }
+            })
+            .map(|p| p.port)
+            .ok_or_else(|| {
+                format!(
+                    "service \"{}/{}\" has no {} port {}",
+                    key.0,
+                    key.1,
+                    protocol.as_str(),
+                    port.as_key()
+                )
+            })
+    }
+
     /// The backend id of `namespace/service:port`, and why it cannot serve (if so).
-    fn resolve(&self, namespace: &str, backend: &ServiceRef) -> (BackendId, Option<String>) {
+    pub(crate) fn resolve(&self, namespace: &str, backend: &ServiceRef) -> (BackendId, Option<String>) {
         let key = (namespace.to_string(), backend.name.clone());
         let raw_id = || BackendId::new(namespace, &backend.name, &backend.port.as_key());
         let Some(svc) = self.valid.get(&key) else {

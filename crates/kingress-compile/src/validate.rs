@@ -186,6 +186,14 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+
     pub(crate) fn parse(raw: Option<&str>) -> Option<Self> {
         match raw.unwrap_or("TCP") {
             "TCP" | "" => Some(Protocol::Tcp),
