@@ -15,11 +15,13 @@
 //!   the Set-Cookie it answers with, and which failures may move to another endpoint.
 //! - [`listener`]: accept loop with graceful shutdown.
 //! - [`errors`]: error pages and the mapping of failures to status codes.
+//! - [`proxy_protocol`]: reading and writing HAProxy's PROXY protocol header (v1 and v2).
 
 mod balance;
 pub mod errors;
 pub mod http;
 pub mod listener;
+pub mod proxy_protocol;
 pub mod settings;
 pub mod state;
 
