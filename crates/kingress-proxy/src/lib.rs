@@ -13,6 +13,8 @@
 //!   contract, retries, error pages.
 //! - `balance`: what a route's balancer reads from a request (hash key, affinity cookie),
 //!   the Set-Cookie it answers with, and which failures may move to another endpoint.
+//! - [`l4`]: the TCP/UDP ports (ServiceLB, tcp/udp-services): [`l4::L4Manager`] opens and
+//!   closes them to match the L4 table; splice relay, UDP flows, PROXY protocol out.
 //! - [`listener`]: accept loop with graceful shutdown.
 //! - [`errors`]: error pages and the mapping of failures to status codes.
 //! - [`proxy_protocol`]: reading and writing HAProxy's PROXY protocol header (v1 and v2).
@@ -20,6 +22,7 @@
 mod balance;
 pub mod errors;
 pub mod http;
+pub mod l4;
 pub mod listener;
 pub mod proxy_protocol;
 pub mod settings;

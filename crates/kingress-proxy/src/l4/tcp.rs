@@ -1,0 +1,400 @@
+//! One TCP connection through an L4 port, and the pieces SSL passthrough reuses.
+//!
+//! - [`connect_endpoint`]: round-robin over the backend's endpoints, each connect bounded
+//!   by the connect timeout, a failed one counted against its endpoint (passive ejection)
+//!   and the next endpoint tried, up to the configured tries.
+//! - [`relay`]: bytes both ways until both directions end. On Linux the bytes go
+//!   socket → pipe → socket with splice(2) and never enter our memory; where a pipe cannot
+//!   be made it falls back to a 64 KiB userspace copy. An EOF from one side becomes a
+//!   shutdown(Write) on the other (half-close) while the other direction keeps flowing; a
+//!   reset or error on either side resets both (SO_LINGER 0); no byte either way for the
+//!   idle timeout closes both.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use kingress_balance::{InFlight, Pick, Strategy};
+use kingress_model::{BackendId, L4Port, L4Route};
+use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags};
+use socket2::{SockRef, TcpKeepalive};
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::L4Settings;
+use crate::proxy_protocol;
+use crate::state::Tables;
+
+/// The most one splice or read moves at a time.
+const CHUNK: usize = 64 * 1024;
+/// The pipe size asked for (the kernel may refuse; the default 64 KiB is then used).
+const PIPE_SIZE: i32 = 256 * 1024;
+
+/// TCP keepalive on both sides of a relayed connection: probes after 60 s of silence,
+/// every 10 s, 6 of them (a dead peer is found in about two minutes).
+fn keepalive() -> TcpKeepalive {
+    let k = TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10));
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "macos",
+        target_os = "freebsd"
+    ))]
+    let k = k.with_retries(6);
+    k
+}
+
+/// TCP_NODELAY and keepalive. Failures are ignored: the connection works without them.
+pub fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let _ = SockRef::from(stream).set_tcp_keepalive(&keepalive());
+}
+
+/// Makes the close of `stream` send a RST instead of a FIN (SO_LINGER 0).
+pub fn reset_on_close(stream: &TcpStream) {
+    let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
+/// A connected endpoint, counted in flight on its endpoint until dropped.
+#[derive(Debug)]
+pub struct Upstream {
+    pub stream: TcpStream,
+    pub addr: SocketAddr,
+    /// Counts this connection in the endpoint's in-flight load (/debug/config, EWMA) until
+    /// dropped: keep it for as long as the connection is relayed.
+    pub in_flight: InFlight,
+}
+
+/// Why no endpoint could be connected.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// The backend is not in the endpoint table (its Service or port does not exist).
+    UnknownBackend(BackendId),
+    /// The backend has no ready endpoint (or every one was tried).
+    NoEndpoint(BackendId),
+    /// Every try failed; the last failure.
+    Failed {
+        backend: BackendId,
+        tries: u32,
+        last: io::Error,
+    },
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectError::UnknownBackend(b) => write!(f, "backend {b} is unknown"),
+            ConnectError::NoEndpoint(b) => write!(f, "backend {b} has no ready endpoint"),
+            ConnectError::Failed { backend, tries, last } => {
+                write!(
+                    f,
+                    "{tries} connect tries to backend {backend} failed, the last with: {last}"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConnectError::Failed { last, .. } => Some(last),
+            _ => None,
+        }
+    }
+}
+
+/// Connects to an endpoint of `backend`, chosen round-robin from the current endpoint
+/// table. A connect that fails or takes longer than `settings.connect_timeout` counts as a
+/// failure of that endpoint (passive ejection) and the next endpoint is tried, up to
+/// `settings.connect_tries` endpoints. The returned stream has TCP_NODELAY and keepalive
+/// set; the endpoint's failure streak is ended.
+pub async fn connect_endpoint(
+    tables: &Tables,
+    backend: &BackendId,
+    settings: &L4Settings,
+) -> Result<Upstream, ConnectError> {
+    let endpoints = tables.endpoints();
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut last: Option<io::Error> = None;
+    let tries = settings.connect_tries.max(1);
+    for _ in 0..tries {
+        let pick = {
+            let mut rng = rand::thread_rng();
+            endpoints.pick(backend, Strategy::RoundRobin, &tried, tables.now(), &mut rng)
+        };
+        let chosen = match pick {
+            Pick::Endpoint(chosen) => chosen,
+            Pick::UnknownBackend => return Err(ConnectError::UnknownBackend(backend.clone())),
+            Pick::NoEndpoint => break,
+        };
+        let in_flight = chosen.stats.begin();
+        let result = match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(chosen.addr)).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect timed out after {:?}", settings.connect_timeout),
+            )),
+        };
+        match result {
+            Ok(stream) => {
+                chosen.stats.record_success();
+                tune(&stream);
+                return Ok(Upstream {
+                    stream,
+                    addr: chosen.addr,
+                    in_flight,
+                });
+            }
+            Err(e) => {
+                let ejected = chosen.stats.record_failure(tables.now(), endpoints.health());
+                debug!(backend = %backend, endpoint = %chosen.addr, error = %e, ejected, "L4 connect failed");
+                tried.push(chosen.addr);
+                last = Some(e);
+            }
+        }
+    }
+    match last {
+        Some(last) => Err(ConnectError::Failed {
+            backend: backend.clone(),
+            tries: u32::try_from(tried.len()).unwrap_or(u32::MAX),
+            last,
+        }),
+        None => Err(ConnectError::NoEndpoint(backend.clone())),
+    }
+}
+
+/// When a relay last moved a byte, for its idle timeout.
+struct Activity {
+    start: Instant,
+    /// Milliseconds since `start`.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing has moved for `idle`.
+    async fn idle(&self, idle: Duration) {
+        loop {
+            let last = self.start + Duration::from_millis(self.last.load(Ordering::Relaxed));
+            let deadline = last + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// Relays bytes between `client` and `upstream` until both directions have ended, and
+/// returns the bytes moved (client → upstream, upstream → client).
+///
+/// - An EOF from one side shuts down the other side's write half (half-close); the other
+///   direction keeps flowing until its own EOF.
+/// - An error on either side (a reset, a write to a closed peer) resets both (SO_LINGER
+///   0, so the peer gets a RST) and is returned.
+/// - No byte either way for `idle` closes both (FIN) and returns an error of kind
+///   `TimedOut`.
+///
+/// Uses splice(2) through a pipe per direction (zero copy in userspace); where a pipe
+/// cannot be made, a 64 KiB buffer per direction.
+pub async fn relay(client: TcpStream, upstream: TcpStream, idle: Duration) -> io::Result<(u64, u64)> {
+    let activity = Activity::new();
+    let result = {
+        let both = async { tokio::try_join!(pump(&client, &upstream, &activity), pump(&upstream, &client, &activity)) };
+        tokio::select! {
+            r = both => r,
+            () = activity.idle(idle) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("no traffic for {idle:?}"))),
+        }
+    };
+    if let Err(e) = &result
+        && e.kind() != io::ErrorKind::TimedOut
+    {
+        reset_on_close(&client);
+        reset_on_close(&upstream);
+    }
+    result
+}
+
+/// One direction: `src` to `dst` until EOF (then `dst` is shut down for writing).
+async fn pump(src: &TcpStream, dst: &TcpStream, activity: &Activity) -> io::Result<u64> {
+    let moved = match pipe() {
+        Some((rd, wr)) => pump_splice(src, dst, &rd, &wr, activity).await?,
+        None => pump_copy(src, dst, activity).await?,
+    };
+    match SockRef::from(dst).shutdown(std::net::Shutdown::Write) {
+        // The peer may already be gone entirely; the other direction will tell.
+        Ok(()) | Err(_) => Ok(moved),
+    }
+}
+
+/// A non-blocking pipe for splice, as large as the kernel allows up to [`PIPE_SIZE`].
+fn pipe() -> Option<(OwnedFd, OwnedFd)> {
+    let (rd, wr) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).ok()?;
+    let _ = nix::fcntl::fcntl(&wr, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+    Some((rd, wr))
+}
+
+async fn pump_splice(
+    src: &TcpStream,
+    dst: &TcpStream,
+    pipe_rd: &OwnedFd,
+    pipe_wr: &OwnedFd,
+    activity: &Activity,
+) -> io::Result<u64> {
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    let mut total: u64 = 0;
+    loop {
+        // The pipe is empty here, so EAGAIN can only mean the socket has nothing to read.
+        let n = loop {
+            src.readable().await?;
+            match src.try_io(Interest::READABLE, || {
+                nix::fcntl::splice(src.as_fd(), None, pipe_wr.as_fd(), None, CHUNK, flags).map_err(io::Error::from)
+            }) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        if n == 0 {
+            return Ok(total);
+        }
+        activity.touch();
+        let mut left = n;
+        while left > 0 {
+            dst.writable().await?;
+            match dst.try_io(Interest::WRITABLE, || {
+                nix::fcntl::splice(pipe_rd.as_fd(), None, dst.as_fd(), None, left, flags).map_err(io::Error::from)
+            }) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(m) => {
+                    left = left.saturating_sub(m);
+                    total += m as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        activity.touch();
+    }
+}
+
+async fn pump_copy(src: &TcpStream, dst: &TcpStream, activity: &Activity) -> io::Result<u64> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut total: u64 = 0;
+    loop {
+        let n = loop {
+            src.readable().await?;
+            match src.try_read(&mut buf) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        if n == 0 {
+            return Ok(total);
+        }
+        activity.touch();
+        let mut data = buf.get(..n).unwrap_or_default();
+        while !data.is_empty() {
+            dst.writable().await?;
+            match dst.try_write(data) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(m) => {
+                    data = data.get(m..).unwrap_or_default();
+                    total += m as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        activity.touch();
+    }
+}
+
+/// What a TCP connection on an L4 port needs besides its socket.
+pub(crate) struct ConnContext {
+    pub tables: Arc<Tables>,
+    pub settings: Arc<L4Settings>,
+    pub port: L4Port,
+}
+
+/// Serves one accepted connection: route, PROXY in, connect, PROXY out, relay.
+pub(crate) async fn serve(ctx: &ConnContext, mut client: TcpStream, peer: SocketAddr) {
+    tune(&client);
+    // The route of the generation current at accept time.
+    let Some(route): Option<Arc<L4Route>> = ctx.tables.l4().port(&ctx.port).cloned() else {
+        debug!(port = %ctx.port, %peer, "L4 port no longer in the table; closing");
+        return;
+    };
+    let mut source = peer;
+    let mut early: Vec<u8> = Vec::new();
+    if route.accept_proxy {
+        match proxy_protocol::read_header(&mut client, ctx.settings.proxy_header_timeout).await {
+            Ok(header) => {
+                if let Some(s) = header.source {
+                    source = s;
+                }
+                early = header.rest;
+            }
+            Err(e) => {
+                debug!(port = %ctx.port, %peer, error = %e, "bad PROXY header; closing");
+                return;
+            }
+        }
+    }
+    let upstream = match connect_endpoint(&ctx.tables, &route.backend, &ctx.settings).await {
+        Ok(u) => u,
+        Err(e) => {
+            debug!(port = %ctx.port, %peer, error = %e, "no endpoint; resetting the client");
+            reset_on_close(&client);
+            return;
+        }
+    };
+    let Upstream {
+        stream: mut up,
+        addr,
+        in_flight,
+    } = upstream;
+    let mut preface = match route.send_proxy {
+        Some(version) => {
+            let local = client.local_addr().unwrap_or(peer);
+            proxy_protocol::encode(version, source, local)
+        }
+        None => Vec::new(),
+    };
+    preface.extend_from_slice(&early);
+    if !preface.is_empty()
+        && let Err(e) = up.write_all(&preface).await
+    {
+        debug!(port = %ctx.port, %peer, endpoint = %addr, error = %e, "writing to the endpoint failed");
+        reset_on_close(&client);
+        return;
+    }
+    match relay(client, up, ctx.settings.idle_timeout).await {
+        Ok((sent, received)) => {
+            debug!(port = %ctx.port, client = %source, endpoint = %addr, sent, received, "L4 connection done")
+        }
+        Err(e) => debug!(port = %ctx.port, client = %source, endpoint = %addr, error = %e, "L4 connection ended"),
+    }
+    drop(in_flight);
+}
