@@ -126,6 +126,9 @@ pub(crate) static RESOURCES: &[ResourceType] = &[
         .fields(&[("spec.clusterIP", "/spec/clusterIP"), ("spec.type", "/spec/type")]),
     ResourceType::new("", "v1", "Secret", "secrets", NAMESPACED).fields(&[("type", "/type")]),
     ResourceType::new("", "v1", "ConfigMap", "configmaps", NAMESPACED),
+    ResourceType::new("", "v1", "Pod", "pods", NAMESPACED | STATUS)
+        .fields(&[("spec.nodeName", "/spec/nodeName"), ("status.phase", "/status/phase")]),
+    ResourceType::new("", "v1", "Node", "nodes", STATUS),
     ResourceType::new("", "v1", "Event", "events", NAMESPACED | CREATE_ON_UPDATE).fields(CORE_EVENT_FIELDS),
     ResourceType::new("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", NAMESPACED),
     ResourceType::new(

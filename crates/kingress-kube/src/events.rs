@@ -99,10 +99,7 @@ fn reference(stores: &Stores, d: &Diagnostic) -> Option<ObjectReference> {
         "Secret" => ("v1", uid_of(&stores.secrets, &o.namespace, &o.name)),
         "ConfigMap" => (
             "v1",
-            stores
-                .config_maps
-                .as_ref()
-                .and_then(|s| uid_of(s, &o.namespace, &o.name)),
+            stores.config_maps.iter().find_map(|s| uid_of(s, &o.namespace, &o.name)),
         ),
         _ => return None,
     };

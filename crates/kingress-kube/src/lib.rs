@@ -17,11 +17,13 @@
 pub mod client;
 pub mod election;
 pub mod events;
+pub mod service_status;
 pub mod source;
 pub mod status;
 
 pub use client::client;
 pub use election::{Election, ElectionOptions, Leadership};
 pub use events::{EventPublisher, EventSink};
+pub use service_status::{ServedServices, ServiceStatusOptions, ServiceStatusWriter};
 pub use source::{KubeOptions, KubeSource, Stores};
 pub use status::{StatusOptions, StatusWriter};

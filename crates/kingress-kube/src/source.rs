@@ -39,6 +39,9 @@ pub struct KubeOptions {
     pub watch_namespace: Option<String>,
     /// `--configmap NAMESPACE/NAME`: the controller ConfigMap, watched by name.
     pub config_map: Option<(String, String)>,
+    /// More ConfigMaps watched by name: `--tcp-services-configmap`,
+    /// `--udp-services-configmap`.
+    pub more_config_maps: Vec<(String, String)>,
     /// How long a burst of watch events is gathered before one publish.
     pub coalesce: Duration,
 }
@@ -48,6 +51,7 @@ impl Default for KubeOptions {
         Self {
             watch_namespace: None,
             config_map: None,
+            more_config_maps: Vec::new(),
             coalesce: Duration::from_millis(2),
         }
     }
@@ -83,7 +87,8 @@ pub struct Stores {
     pub services: Store<Service>,
     pub endpoint_slices: Store<EndpointSlice>,
     pub secrets: Store<Secret>,
-    pub config_maps: Option<Store<ConfigMap>>,
+    /// One store per ConfigMap watched by name (the controller's, tcp/udp-services).
+    pub config_maps: Vec<Store<ConfigMap>>,
 }
 
 /// The running source. Dropping it stops every watch.
@@ -123,15 +128,21 @@ impl KubeSource {
             &dirty,
             &mut tasks,
         );
-        let config_maps = options.config_map.as_ref().map(|(cm_ns, name)| {
-            spawn_watch(
-                Api::namespaced(client.clone(), cm_ns),
-                cluster.clone().fields(&format!("metadata.name={name}")),
-                CONFIG_MAPS,
-                &dirty,
-                &mut tasks,
-            )
-        });
+        let mut named: Vec<&(String, String)> = options.config_map.iter().chain(&options.more_config_maps).collect();
+        named.sort();
+        named.dedup();
+        let config_maps = named
+            .into_iter()
+            .map(|(cm_ns, name)| {
+                spawn_watch(
+                    Api::namespaced(client.clone(), cm_ns),
+                    cluster.clone().fields(&format!("metadata.name={name}")),
+                    CONFIG_MAPS,
+                    &dirty,
+                    &mut tasks,
+                )
+            })
+            .collect();
         let stores = Stores {
             ingress_classes,
             ingresses,
@@ -244,7 +255,7 @@ async fn publish(
         stores.services.wait_until_ready().await?;
         stores.endpoint_slices.wait_until_ready().await?;
         stores.secrets.wait_until_ready().await?;
-        if let Some(cm) = &stores.config_maps {
+        for cm in &stores.config_maps {
             cm.wait_until_ready().await?;
         }
         Ok::<_, reflector::store::WriterDropped>(())
@@ -279,7 +290,7 @@ fn changed_parts(stores: &Stores, parts: u8) -> Update {
         services: pick(SERVICES).then(|| sorted(&stores.services)),
         endpoint_slices: pick(SLICES).then(|| sorted(&stores.endpoint_slices)),
         secrets: pick(SECRETS).then(|| sorted(&stores.secrets)),
-        config_maps: pick(CONFIG_MAPS).then(|| stores.config_maps.as_ref().map(sorted).unwrap_or_default()),
+        config_maps: pick(CONFIG_MAPS).then(|| stores.config_maps.iter().flat_map(sorted).collect()),
     }
 }
 

@@ -85,6 +85,42 @@ pub fn debug_config(controller: &Controller) -> serde_json::Value {
         .into_iter()
         .map(|(host, secret)| json!({"host": host, "secret": secret}))
         .collect();
+    let l4_table = tables.l4();
+    let stats = controller.l4().map(|m| m.stats()).unwrap_or_default();
+    let proxy_name = |v: Option<kingress_model::ProxyVersion>| match v {
+        None => None,
+        Some(kingress_model::ProxyVersion::V1) => Some("v1"),
+        Some(kingress_model::ProxyVersion::V2) => Some("v2"),
+    };
+    let l4_ports: Vec<serde_json::Value> = l4_table
+        .ports()
+        .map(|(port, route)| {
+            let live = stats.iter().find(|s| s.port == *port && !s.draining);
+            json!({
+                "port": port.port,
+                "protocol": port.protocol.to_string(),
+                "backend": route.backend.as_str(),
+                "source": route.source.object.to_string(),
+                "detail": route.source.detail,
+                "acceptProxy": route.accept_proxy,
+                "sendProxy": proxy_name(route.send_proxy),
+                "listening": live.map(|s| s.local.to_string()),
+                "open": live.map(|s| s.open),
+                "total": live.map(|s| s.total),
+                "dropped": live.map(|s| s.dropped),
+            })
+        })
+        .collect();
+    let draining: Vec<serde_json::Value> = stats
+        .iter()
+        .filter(|s| s.draining)
+        .map(|s| json!({"port": s.port.port, "protocol": s.port.protocol.to_string(), "open": s.open}))
+        .collect();
+    let passthrough: Vec<serde_json::Value> = l4_table
+        .passthrough_hosts()
+        .into_iter()
+        .map(|(host, route)| json!({"host": host, "backend": route.backend.as_str(), "ingress": route.source.object.to_string()}))
+        .collect();
     json!({
         "ready": tables.is_ready(),
         "configGeneration": config_generation,
@@ -92,6 +128,7 @@ pub fn debug_config(controller: &Controller) -> serde_json::Value {
         "servers": servers,
         "backends": backends,
         "certificates": certificates,
+        "l4": {"ports": l4_ports, "draining": draining, "passthrough": passthrough},
         "diagnostics": diagnostics,
     })
 }

@@ -1,11 +1,11 @@
 //! The command line. The names here are a contract (acceptance suites drive them).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use kingress_compile::{ClassOptions, CompileOptions, PolicyDefaults, parse_config_map_ref};
+use kingress_compile::{ClassOptions, CompileOptions, L4Options, PolicyDefaults, parse_config_map_ref};
 use kingress_proxy::{HealthPolicy, ProxySettings};
 
 use crate::gateway::KubeMode;
@@ -147,6 +147,39 @@ pub struct RunArgs {
     /// Threads that serve proxied connections (0: one per CPU).
     #[arg(long, default_value_t = 0, env = "KINGRESS_WORKER_THREADS")]
     pub worker_threads: usize,
+    #[command(flatten)]
+    pub l4: L4Args,
+}
+
+/// The L4 plane: ServiceLB ports, tcp/udp-services, SSL passthrough.
+#[derive(Debug, Args, Clone)]
+pub struct L4Args {
+    /// ServiceLB mode: listen on every port of every Service of type LoadBalancer (whose
+    /// spec.loadBalancerClass is unset or --l4-class) and forward it to the Service's
+    /// ready endpoints, as k3s's svclb pods do with iptables.
+    #[arg(long, env = "KINGRESS_L4_SERVICES")]
+    pub l4_services: bool,
+    /// The address every L4 port (ServiceLB and tcp/udp-services) listens on.
+    #[arg(long, default_value = "0.0.0.0", env = "KINGRESS_L4_BIND")]
+    pub l4_bind: IpAddr,
+    /// Also serve LoadBalancer Services with this spec.loadBalancerClass.
+    #[arg(long, env = "KINGRESS_L4_CLASS")]
+    pub l4_class: Option<String>,
+    /// How long connections on a port that was removed may still finish (30s, 500ms, 2m
+    /// or seconds).
+    #[arg(long, default_value = "30s", env = "KINGRESS_L4_DRAIN_TIMEOUT")]
+    pub l4_drain_timeout: String,
+    /// ingress-nginx's tcp-services ConfigMap, NAMESPACE/NAME: "PORT":
+    /// "NAMESPACE/SERVICE:PORT[:PROXY][:PROXY]".
+    #[arg(long, env = "KINGRESS_TCP_SERVICES_CONFIGMAP")]
+    pub tcp_services_configmap: Option<String>,
+    /// ingress-nginx's udp-services ConfigMap, NAMESPACE/NAME: "PORT": "NAMESPACE/SERVICE:PORT".
+    #[arg(long, env = "KINGRESS_UDP_SERVICES_CONFIGMAP")]
+    pub udp_services_configmap: Option<String>,
+    /// Pass TLS connections through unterminated to the backend of Ingresses annotated
+    /// nginx.ingress.kubernetes.io/ssl-passthrough: "true", chosen by SNI.
+    #[arg(long, env = "KINGRESS_ENABLE_SSL_PASSTHROUGH")]
+    pub enable_ssl_passthrough: bool,
 }
 
 /// `--worker-threads`, with 0 meaning one per CPU.
@@ -194,6 +227,28 @@ pub fn parse_size(raw: &str) -> Result<Option<u64>, String> {
     Ok(if bytes == 0 { None } else { Some(bytes) })
 }
 
+/// A duration: `30s`, `500ms`, `2m`, `1h`, or a number of seconds.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let bad = || format!("{raw:?} is not a duration (examples: 30s, 500ms, 2m, 10)");
+    let (number, scale) = if let Some(n) = raw.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = raw.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = raw.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = raw.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (raw, 1.0)
+    };
+    let n: f64 = number.trim().parse().map_err(|_| bad())?;
+    if !n.is_finite() || n < 0.0 {
+        return Err(bad());
+    }
+    Duration::try_from_secs_f64(n * scale).map_err(|_| bad())
+}
+
 fn seconds(name: &str, v: f64) -> Result<Duration, String> {
     Duration::try_from_secs_f64(v).map_err(|_| format!("--{name} {v} is not a duration in seconds"))
 }
@@ -219,6 +274,12 @@ impl ProxyArgs {
             max_tls_handshakes: self.max_tls_handshakes.max(1),
             ..ProxySettings::default()
         })
+    }
+}
+
+impl L4Args {
+    pub fn drain_timeout(&self) -> Result<Duration, String> {
+        parse_duration(&self.l4_drain_timeout).map_err(|e| format!("--l4-drain-timeout: {e}"))
     }
 }
 
@@ -282,11 +343,28 @@ impl RunArgs {
             Some(v) => Some(parse_config_map_ref(v).map_err(|e| format!("--configmap: {e}"))?),
             None => None,
         };
+        let named = |flag: &str, v: &Option<String>| -> Result<Option<(String, String)>, String> {
+            match v {
+                Some(v) => parse_config_map_ref(v).map(Some).map_err(|e| format!("--{flag}: {e}")),
+                None => Ok(None),
+            }
+        };
+        let own_service = named("publish-service", &self.publish_service)?;
         Ok(CompileOptions {
             class: self.class.class_options(),
             config_map,
             defaults: PolicyDefaults {
                 tries: u32::try_from(self.proxy.proxy_next_upstream_tries).unwrap_or(u32::MAX),
+            },
+            l4: L4Options {
+                service_lb: self.l4.l4_services,
+                class: self.l4.l4_class.clone().filter(|c| !c.is_empty()),
+                tcp_services: named("tcp-services-configmap", &self.l4.tcp_services_configmap)?,
+                udp_services: named("udp-services-configmap", &self.l4.udp_services_configmap)?,
+                ssl_passthrough: self.l4.enable_ssl_passthrough,
+                // The listeners' ports are added by the gateway once they are bound.
+                reserved: Vec::new(),
+                own_service,
             },
         })
     }

@@ -3,7 +3,7 @@
 //! Ingresses, IngressClasses and Secrets rebuild the certificate table.
 //! Route-affecting objects (IngressClasses, Ingresses, Services, the controller
 //! ConfigMap) recompile the routing
-//! table; Services and EndpointSlices rebuild the endpoint table. An EndpointSlice-only
+//! table and the L4 table (whose ports the L4 manager then binds or closes); Services and EndpointSlices rebuild the endpoint table. An EndpointSlice-only
 //! change never touches the routes. The endpoint table is published before the routes,
 //! so a route that appears together with its backend never sees the old (backend-less)
 //! endpoint table.
@@ -12,9 +12,10 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use kingress_compile::{CompileOptions, Snapshot, compile_endpoints, compile_routes};
+use kingress_compile::{CompileOptions, Snapshot, compile_endpoints, compile_l4, compile_routes};
 use kingress_model::Diagnostic;
 use kingress_proxy::Tables;
+use kingress_proxy::l4::L4Manager;
 use kingress_sources::update::Affects;
 use kingress_sources::{Scan, Update};
 use kingress_tls::{CertStore, TlsOptions, compile_certs};
@@ -35,6 +36,7 @@ struct Applied {
     snapshot: Option<Snapshot>,
     route_diagnostics: Vec<Diagnostic>,
     endpoint_diagnostics: Vec<Diagnostic>,
+    l4_diagnostics: Vec<Diagnostic>,
     cert_diagnostics: Vec<Diagnostic>,
     reported: BTreeSet<Diagnostic>,
 }
@@ -42,6 +44,8 @@ struct Applied {
 pub struct Controller {
     /// Kubernetes mode: new diagnostics also become Events.
     events: Mutex<Option<kingress_kube::EventSink>>,
+    /// Opens and closes the L4 ports to match each published L4 table.
+    l4: Mutex<Option<Arc<L4Manager>>>,
     tables: Arc<Tables>,
     options: CompileOptions,
     tls: CertCompiler,
@@ -54,6 +58,7 @@ impl Controller {
     pub fn new(tables: Arc<Tables>, options: CompileOptions, tls: CertCompiler) -> Arc<Self> {
         Arc::new(Self {
             events: Mutex::new(None),
+            l4: Mutex::new(None),
             tables,
             options,
             tls,
@@ -71,6 +76,19 @@ impl Controller {
         if let Ok(mut e) = self.events.lock() {
             *e = Some(sink);
         }
+    }
+
+    /// Binds the L4 ports of every L4 table published from now on (and reports ports
+    /// that cannot be bound as diagnostics).
+    pub fn set_l4(&self, manager: Arc<L4Manager>) {
+        if let Ok(mut l4) = self.l4.lock() {
+            *l4 = Some(manager);
+        }
+    }
+
+    /// The L4 manager, once set.
+    pub fn l4(&self) -> Option<Arc<L4Manager>> {
+        self.l4.lock().ok().and_then(|m| m.clone())
     }
 
     pub fn certificates(&self) -> &Arc<CertStore> {
@@ -157,12 +175,22 @@ impl Controller {
             tracing::debug!(routes = config.route_count(), "routing table compiled");
             self.tables.publish_config(config);
             applied.route_diagnostics = diags;
+            // The L4 table reads the same kinds as the routes (Services, ConfigMaps,
+            // Ingresses for passthrough); its endpoints are in the endpoint table above.
+            let (l4, mut diags) = compile_l4(new, &self.options);
+            self.tables.publish_l4(l4);
+            let manager = self.l4.lock().ok().and_then(|m| m.clone());
+            if let Some(manager) = manager {
+                diags.extend(manager.apply());
+            }
+            applied.l4_diagnostics = diags;
         }
         let (config_gen, endpoints_gen) = self.tables.generations();
 
         let mut all: BTreeSet<Diagnostic> = source_diagnostics.into_iter().collect();
         all.extend(applied.route_diagnostics.iter().cloned());
         all.extend(applied.endpoint_diagnostics.iter().cloned());
+        all.extend(applied.l4_diagnostics.iter().cloned());
         all.extend(applied.cert_diagnostics.iter().cloned());
         let new: Vec<Diagnostic> = all.difference(&applied.reported).cloned().collect();
         for d in &new {

@@ -136,6 +136,11 @@ pub async fn start(
         worker_threads,
         default_ssl_certificate: None,
         https_redirect_port: None,
+        // The demo has no LoadBalancer Service; keep any L4 port on loopback anyway.
+        l4: kingress_proxy::l4::L4Settings {
+            bind: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            ..Default::default()
+        },
     };
     let gateway = crate::gateway::start_with(options, crate::gateway::Listeners { http, https, admin }).await?;
     Ok(Demo {

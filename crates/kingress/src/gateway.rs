@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use kingress_compile::CompileOptions;
+use kingress_model::L4Port;
 use kingress_proxy::{ProxySettings, Tables};
 use kingress_sources::{FolderWatcher, ManifestFolder};
 use tokio::net::TcpListener;
@@ -62,6 +63,8 @@ pub struct GatewayOptions {
     /// `--https-redirect-port`: the port in ssl-redirect Locations; `None`: the HTTPS
     /// listener's own port.
     pub https_redirect_port: Option<u16>,
+    /// The L4 ports' bind address, timeouts and limits (`--l4-bind`, `--l4-drain-timeout`).
+    pub l4: kingress_proxy::l4::L4Settings,
 }
 
 /// The sockets a gateway serves on, bound by the caller (port 0 in tests).
@@ -78,6 +81,8 @@ pub struct GatewayHandle {
     pub https_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
     pub controller: Arc<Controller>,
+    /// The L4 ports (ServiceLB, tcp/udp-services).
+    pub l4: Arc<kingress_proxy::l4::L4Manager>,
     /// Stops the data plane (first).
     shutdown: watch::Sender<bool>,
     /// Stops the admin listener (last, so /readyz says 503 while draining).
@@ -85,6 +90,8 @@ pub struct GatewayHandle {
     tasks: Vec<JoinHandle<()>>,
     admin_task: JoinHandle<()>,
     workers: Option<Arc<kingress_proxy::WorkerPool>>,
+    /// How long open connections may finish on shutdown.
+    grace: std::time::Duration,
     watcher: Option<FolderWatcher>,
     kube: Option<KubeParts>,
 }
@@ -94,6 +101,8 @@ struct KubeParts {
     source: kingress_kube::KubeSource,
     election: kingress_kube::Election,
     status: kingress_kube::StatusWriter,
+    /// ServiceLB mode: the LoadBalancer Services' status.
+    service_status: Option<kingress_kube::ServiceStatusWriter>,
     _events: kingress_kube::EventPublisher,
 }
 
@@ -110,15 +119,22 @@ impl GatewayHandle {
         drop(self.watcher.take());
         let kube = self.kube.take().map(|k| {
             drop(k.source);
-            (k.election, k.status)
+            (k.election, k.status, k.service_status)
         });
         self.controller.tables().set_ready(false);
         let _ = self.shutdown.send(true);
+        let grace = self.grace;
+        let l4 = self.l4.clone();
+        let l4_done = tokio::spawn(async move { l4.shutdown(grace).await });
         for t in self.tasks.drain(..) {
             let _ = t.await;
         }
-        if let Some((election, status)) = kube {
+        let _ = l4_done.await;
+        if let Some((election, status, service_status)) = kube {
             status.shutdown().await;
+            if let Some(s) = service_status {
+                s.shutdown().await;
+            }
             election.release().await;
         }
         let _ = self.admin_shutdown.send(true);
@@ -168,6 +184,15 @@ pub async fn start_with(mut options: GatewayOptions, listeners: Listeners) -> an
     };
     let admin_addr = admin.local_addr()?;
     options.proxy.https_redirect_port = options.https_redirect_port.or(https_addr.map(|a| a.port()));
+    // kingress's own ports are never given to a Service's L4 port.
+    let mut reserved = vec![
+        (L4Port::tcp(http_addr.port()), "HTTP listener".to_string()),
+        (L4Port::tcp(admin_addr.port()), "admin listener".to_string()),
+    ];
+    if let Some(a) = https_addr {
+        reserved.push((L4Port::tcp(a.port()), "HTTPS listener".to_string()));
+    }
+    options.compile.l4.reserved = reserved;
 
     let tables = Arc::new(Tables::with_health(options.proxy.health));
     let fallback = kingress_tls::fake_certificate(std::time::SystemTime::now())
@@ -184,6 +209,10 @@ pub async fn start_with(mut options: GatewayOptions, listeners: Listeners) -> an
         fallback,
     };
     let controller = Controller::new(tables.clone(), options.compile.clone(), tls);
+    // Before the first publish: the ports of the Services present at start are bound
+    // before /readyz first answers 200.
+    let l4 = kingress_proxy::l4::L4Manager::start(tables.clone(), options.l4.clone());
+    controller.set_l4(l4.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (admin_shutdown, admin_shutdown_rx) = watch::channel(false);
 
@@ -251,11 +280,13 @@ pub async fn start_with(mut options: GatewayOptions, listeners: Listeners) -> an
         https_addr,
         admin_addr,
         controller,
+        l4,
         shutdown,
         admin_shutdown,
         tasks,
         admin_task,
         workers,
+        grace,
         watcher,
         kube,
     })
@@ -272,6 +303,11 @@ async fn start_kube(
     let kube_options = kingress_kube::KubeOptions {
         watch_namespace: mode.watch_namespace.clone(),
         config_map: options.compile.config_map.clone(),
+        more_config_maps: [&options.compile.l4.tcp_services, &options.compile.l4.udp_services]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect(),
         ..kingress_kube::KubeOptions::default()
     };
     let c = controller.clone();
@@ -292,6 +328,32 @@ async fn start_kube(
             update_on_shutdown: mode.update_status_on_shutdown,
         },
     );
+    let service_status = options.compile.l4.service_lb.then(|| {
+        let tables = controller.tables().clone();
+        let served: kingress_kube::ServedServices = Arc::new(move || {
+            let mut out: Vec<(String, String)> = tables
+                .l4()
+                .ports()
+                .filter(|(_, r)| r.source.object.kind == "Service")
+                .map(|(_, r)| (r.source.object.namespace.clone(), r.source.object.name.clone()))
+                .collect();
+            out.sort();
+            out.dedup();
+            out
+        });
+        kingress_kube::ServiceStatusWriter::start(
+            client.clone(),
+            source.stores().clone(),
+            served,
+            source.published(),
+            election.leadership.clone(),
+            kingress_kube::ServiceStatusOptions {
+                publish_status_address: mode.publish_status_address.clone(),
+                pod: Some((mode.namespace.clone(), mode.identity.clone())),
+                update_on_shutdown: mode.update_status_on_shutdown,
+            },
+        )
+    });
     let (sink, events) = kingress_kube::EventPublisher::start(
         client,
         source.stores().clone(),
@@ -304,6 +366,7 @@ async fn start_kube(
         source,
         election,
         status,
+        service_status,
         _events: events,
     })
 }

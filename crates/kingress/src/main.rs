@@ -78,6 +78,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let proxy = args.proxy.settings().map_err(anyhow::Error::msg)?;
             let compile = args.compile_options().map_err(anyhow::Error::msg)?;
             let default_ssl_certificate = args.default_ssl_certificate().map_err(anyhow::Error::msg)?;
+            let l4 = kingress_proxy::l4::L4Settings {
+                bind: args.l4.l4_bind,
+                drain_timeout: args.l4.drain_timeout().map_err(anyhow::Error::msg)?,
+                connect_timeout: proxy.connect_timeout,
+                ..kingress_proxy::l4::L4Settings::default()
+            };
             let source = match &args.manifests {
                 Some(dir) => {
                     anyhow::ensure!(dir.is_dir(), "--manifests {}: not a folder", dir.display());
@@ -95,6 +101,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 worker_threads: Some(kingress::cli::worker_threads(args.worker_threads)),
                 default_ssl_certificate,
                 https_redirect_port: args.https_redirect_port,
+                l4,
             };
             let listeners = Listeners {
                 http,

@@ -88,6 +88,7 @@ async fn start_kube(
         worker_threads: None,
         default_ssl_certificate: None,
         https_redirect_port: None,
+        l4: common::loopback_l4(),
     };
     start_gateway(options).await
 }
@@ -388,4 +389,99 @@ async fn watch_namespace_limits_what_is_served() {
         404,
         "another namespace is not watched"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_lb_mode_forwards_and_writes_the_service_status_from_the_nodes() {
+    // A TCP backend that greets, as a pod of the Service.
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_port = backend.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = backend.accept().await {
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut s, b"hello from db\n").await;
+        }
+    });
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let api = FakeApiServer::start().await;
+    api.apply(json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "db", "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "ports": [{"name": "pg", "port": port, "protocol": "TCP"}]}}));
+    api.apply(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "db-1", "namespace": "default", "labels": {"kubernetes.io/service-name": "db"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "pg", "port": backend_port, "protocol": "TCP"}],
+        "endpoints": [{"addresses": ["127.0.0.1"]}]}));
+    // Two kingress pods (a DaemonSet) on two nodes, one with an ExternalIP; a pod of
+    // another app on a third node does not count.
+    for (pod, node, app) in [
+        ("kingress-a", "node-1", "kingress"),
+        ("kingress-b", "node-2", "kingress"),
+        ("other", "node-3", "web"),
+    ] {
+        api.apply(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod, "namespace": "default",
+                "labels": {"app": app, "controller-revision-hash": format!("rev-{pod}")}},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i"}]},
+            "status": {"phase": "Running"}}));
+    }
+    for (node, addresses) in [
+        ("node-1", json!([{"type": "InternalIP", "address": "192.0.2.1"}])),
+        (
+            "node-2",
+            json!([{"type": "InternalIP", "address": "192.0.2.2"}, {"type": "ExternalIP", "address": "198.51.100.2"}]),
+        ),
+        ("node-3", json!([{"type": "InternalIP", "address": "192.0.2.3"}])),
+    ] {
+        api.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node},
+            "status": {"addresses": addresses}}));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let compile = CompileOptions {
+        l4: kingress_compile::L4Options {
+            service_lb: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let gateway = start_kube(&api, dir.path(), "kingress-a", compile, |_| {}).await;
+
+    // Forwarded as soon as ready.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut greeting = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut tokio::io::BufReader::new(&mut s), &mut greeting)
+        .await
+        .unwrap();
+    assert_eq!(greeting, "hello from db\n");
+
+    let lb = |api: &FakeApiServer| {
+        api.get("v1", "Service", Some("default"), "db")
+            .map(|s| s["status"]["loadBalancer"]["ingress"].clone())
+            .unwrap_or(Value::Null)
+    };
+    let expected = json!([{"ip": "192.0.2.1"}, {"ip": "198.51.100.2"}]);
+    poll_until(WAIT, "the Service status from the nodes", || async {
+        (lb(&api) == expected).then_some(())
+    })
+    .await;
+
+    // The Service stops being a LoadBalancer: its port closes and its status is cleared.
+    api.apply(json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "db", "namespace": "default"},
+        "spec": {"type": "ClusterIP", "ports": [{"name": "pg", "port": port, "protocol": "TCP"}]}}));
+    poll_until(WAIT, "the port to close", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    poll_until(WAIT, "the Service status to be cleared", || async {
+        let v = lb(&api);
+        (v.is_null() || v == json!([])).then_some(())
+    })
+    .await;
+    gateway.shutdown().await;
 }

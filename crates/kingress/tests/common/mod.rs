@@ -118,8 +118,17 @@ pub async fn start_on_with(dir: &Path, proxy: ProxySettings, compile: CompileOpt
         worker_threads: None,
         default_ssl_certificate: None,
         https_redirect_port: None,
+        l4: loopback_l4(),
     };
     start_gateway(options).await
+}
+
+/// L4 settings for tests: every port on 127.0.0.1.
+pub fn loopback_l4() -> kingress_proxy::l4::L4Settings {
+    kingress_proxy::l4::L4Settings {
+        bind: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        ..Default::default()
+    }
 }
 
 /// Starts a gateway with HTTP, HTTPS and admin listeners on 127.0.0.1:0.
