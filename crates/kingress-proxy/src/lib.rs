@@ -18,18 +18,20 @@
 //! - [`listener`]: accept loop with graceful shutdown.
 //! - [`errors`]: error pages and the mapping of failures to status codes.
 //! - [`proxy_protocol`]: reading and writing HAProxy's PROXY protocol header (v1 and v2).
+//! - [`passthrough`]: SSL passthrough: the ClientHello's SNI read without terminating TLS.
 
 mod balance;
 pub mod errors;
 pub mod http;
 pub mod l4;
 pub mod listener;
+pub mod passthrough;
 pub mod proxy_protocol;
 pub mod settings;
 pub mod state;
 
 pub use http::{Gateway, build_proxy};
 pub use kingress_balance::HealthPolicy;
-pub use listener::{TlsListener, WorkerPool, serve, serve_with};
+pub use listener::{ListenerOptions, TlsListener, WorkerPool, serve, serve_with, serve_with_options};
 pub use settings::ProxySettings;
 pub use state::Tables;

@@ -9,6 +9,19 @@
 //! (certificate chosen by SNI by the caller's resolver, ALPN h2 or http/1.1), bounded
 //! in time and in how many run at once, before pingora sees the decrypted stream.
 //!
+//! PROXY protocol ([`ListenerOptions::proxy_protocol`]): before anything else (TLS
+//! included) a PROXY v1/v2 header is read; its source becomes the connection's peer
+//! address in pingora's socket digest, which is what `Session::client_addr` (and so
+//! X-Forwarded-For / X-Real-IP) reads. Bytes read past the header are put back with
+//! pingora's `Stream::rewind`, which both the HTTP reader and the rustls handshake read
+//! through. A connection without a valid header is closed.
+//!
+//! SSL passthrough ([`ListenerOptions::passthrough`], HTTPS only): when the L4 table has
+//! passthrough hosts, the ClientHello is read (within the handshake timeout, holding a
+//! handshake slot) and its SNI looked up; a passthrough host's connection is relayed
+//! unterminated to its backend (the PROXY header, if any, is not forwarded); any other is
+//! replayed into the TLS handshake as usual. See [`crate::passthrough`].
+//!
 //! Shutdown: stop accepting, tell the application (keep-alive is switched off and idle
 //! keep-alive connections are woken to close), then wait for open connections up to the
 //! grace period.
@@ -20,12 +33,19 @@ use std::time::Duration;
 
 use pingora_core::apps::ServerApp;
 use pingora_core::listeners::tls::Acceptor;
+use pingora_core::protocols::l4::socket::SocketAddr as PingoraSocketAddr;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::{GetSocketDigest, SocketDigest};
 use rustls::server::ResolvesServerCert;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
+
+use crate::passthrough::{self, Passthrough, Peeked};
+use crate::proxy_protocol;
+use crate::settings::ProxySettings;
+use crate::state::Tables;
 
 /// Single-threaded runtimes that run proxied connections, one connection on one thread
 /// for its whole life.
@@ -105,11 +125,6 @@ impl Drop for WorkerPool {
     }
 }
 
-/// Serves on `listener` until `shutdown` completes, then drains for up to `grace`.
-///
-/// Without a pool, connections run on the caller's runtime with `apps[0]`. With a pool,
-/// connections are dealt round-robin to the workers, worker `i` serving with `apps[i]`
-/// (`apps` is reused cyclically if shorter).
 /// TLS termination for a listener.
 pub struct TlsListener {
     acceptor: Acceptor,
@@ -140,6 +155,61 @@ impl TlsListener {
     }
 }
 
+/// What a listener does with a connection before pingora's HTTP machinery gets it.
+#[derive(Clone, Debug, Default)]
+pub struct ListenerOptions {
+    /// Terminate TLS (the HTTPS listener).
+    pub tls: Option<Arc<TlsListener>>,
+    /// Expect a PROXY protocol header first, within this time (`use-proxy-protocol`).
+    pub proxy_protocol: Option<Duration>,
+    /// SSL passthrough by SNI. Only used with `tls`.
+    pub passthrough: Option<Arc<Passthrough>>,
+}
+
+impl ListenerOptions {
+    /// The HTTP listener: a PROXY header when `settings.use_proxy_protocol`.
+    pub fn http(settings: &ProxySettings) -> Self {
+        Self {
+            tls: None,
+            proxy_protocol: settings
+                .use_proxy_protocol
+                .then_some(settings.proxy_protocol_header_timeout),
+            passthrough: None,
+        }
+    }
+
+    /// The HTTPS listener: TLS with `tls`, a PROXY header when
+    /// `settings.use_proxy_protocol`, and passthrough of the hosts in `tables.l4()` when
+    /// `settings.ssl_passthrough`.
+    pub fn https(tls: Arc<TlsListener>, tables: Arc<Tables>, settings: &ProxySettings) -> Self {
+        Self {
+            tls: Some(tls),
+            passthrough: settings.ssl_passthrough.then(|| {
+                Arc::new(Passthrough::new(
+                    tables,
+                    settings.connect_timeout,
+                    settings.passthrough_idle_timeout,
+                ))
+            }),
+            ..Self::http(settings)
+        }
+    }
+}
+
+impl std::fmt::Debug for TlsListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsListener")
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("handshakes_free", &self.handshakes.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Serves on `listener` until `shutdown` completes, then drains for up to `grace`.
+///
+/// Without a pool, connections run on the caller's runtime with `apps[0]`. With a pool,
+/// connections are dealt round-robin to the workers, worker `i` serving with `apps[i]`
+/// (`apps` is reused cyclically if shorter).
 pub async fn serve<A>(
     listener: TcpListener,
     apps: Vec<Arc<A>>,
@@ -163,6 +233,25 @@ pub async fn serve_with<A>(
 ) where
     A: ServerApp + Send + Sync + 'static,
 {
+    let options = ListenerOptions {
+        tls,
+        ..ListenerOptions::default()
+    };
+    serve_with_options(listener, apps, shutdown, grace, pool, options).await
+}
+
+/// [`serve`], with TLS, PROXY protocol and SSL passthrough as `options` say.
+pub async fn serve_with_options<A>(
+    listener: TcpListener,
+    apps: Vec<Arc<A>>,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+    pool: Option<Arc<WorkerPool>>,
+    options: ListenerOptions,
+) where
+    A: ServerApp + Send + Sync + 'static,
+{
+    let options = Arc::new(options);
     if apps.is_empty() {
         return;
     }
@@ -189,10 +278,10 @@ pub async fn serve_with<A>(
                 next = next.wrapping_add(1);
                 let Some(app) = apps.get(slot % apps.len()).cloned() else { continue };
                 let shutdown_rx = shutdown_rx.clone();
-                let tls = tls.clone();
+                let conn = Connection { peer, options: options.clone(), grace };
                 match pool.as_ref().and_then(|p| p.workers.get(slot % p.workers.len().max(1))) {
                     None => {
-                        tracker.spawn(handle_connection(tcp, peer, app, shutdown_rx, tls));
+                        tracker.spawn(handle_connection(tcp, conn, app, shutdown_rx));
                     }
                     Some(worker) => {
                         // Re-register the socket with the worker's own reactor, so its
@@ -200,7 +289,7 @@ pub async fn serve_with<A>(
                         let Ok(std_tcp) = tcp.into_std() else { continue };
                         let task = tracker.track_future(async move {
                             match tokio::net::TcpStream::from_std(std_tcp) {
-                                Ok(tcp) => handle_connection(tcp, peer, app, shutdown_rx, tls).await,
+                                Ok(tcp) => handle_connection(tcp, conn, app, shutdown_rx).await,
                                 Err(e) => tracing::debug!(error = %e, "cannot register the connection"),
                             }
                         });
@@ -221,33 +310,121 @@ pub async fn serve_with<A>(
     }
 }
 
-async fn handle_connection<A>(
-    tcp: tokio::net::TcpStream,
+/// What a connection task needs besides its socket and application.
+struct Connection {
     peer: std::net::SocketAddr,
+    options: Arc<ListenerOptions>,
+    /// How long a passthrough relay may go on once shutdown starts.
+    grace: Duration,
+}
+
+async fn handle_connection<A>(
+    mut tcp: tokio::net::TcpStream,
+    conn: Connection,
     app: Arc<A>,
     shutdown: tokio::sync::watch::Receiver<bool>,
-    tls: Option<Arc<TlsListener>>,
 ) where
     A: ServerApp + Send + Sync + 'static,
 {
+    let Connection { peer, options, grace } = conn;
     let fd = tcp.as_raw_fd();
-    let mut stream = L4Stream::from(tcp);
-    stream.set_socket_digest(SocketDigest::from_raw_fd(fd));
     tracing::trace!(%peer, "connection accepted");
-    let Some(tls) = tls else {
+    // Bytes read before pingora gets the stream: put back with `rewind`.
+    let mut replay = Vec::new();
+    let digest = SocketDigest::from_raw_fd(fd);
+    if let Some(timeout) = options.proxy_protocol {
+        match proxy_protocol::read_header(&mut tcp, timeout).await {
+            Ok(header) => {
+                if let Some(source) = header.source {
+                    // Before anything reads it: the OnceCell is empty until the first read.
+                    let _ = digest.peer_addr.set(Some(PingoraSocketAddr::Inet(source)));
+                }
+                tracing::trace!(%peer, client = ?header.source, "PROXY header");
+                replay = header.rest;
+            }
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "closing: no valid PROXY header");
+                return;
+            }
+        }
+    }
+    let Some(tls) = options.tls.clone() else {
+        let mut stream = L4Stream::from(tcp);
+        stream.set_socket_digest(digest);
+        stream.rewind(&replay);
         let _ = app.process_new(Box::new(stream), &shutdown).await;
         return;
     };
-    // The timeout covers the wait for a handshake slot and the handshake itself.
-    let handshake = async {
-        let _permit = tls.handshakes.acquire().await.ok()?;
-        tls.acceptor.tls_handshake(stream).await.ok()
+    // One deadline covers the wait for a handshake slot, reading the ClientHello for
+    // passthrough, and the handshake itself.
+    let deadline = Instant::now() + tls.handshake_timeout;
+    let permit = match tokio::time::timeout_at(deadline, tls.handshakes.acquire()).await {
+        Ok(Ok(permit)) => permit,
+        Ok(Err(_)) => return,
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out waiting for a slot");
+            return;
+        }
     };
-    match tokio::time::timeout(tls.handshake_timeout, handshake).await {
-        Ok(Some(tls_stream)) => {
+    if let Some(pass) = options.passthrough.as_ref().filter(|p| p.active()) {
+        let sni = match tokio::time::timeout_at(deadline, passthrough::peek_client_hello(&mut tcp, &mut replay)).await {
+            Ok(Peeked::Hello { sni }) => sni,
+            // Not ours to judge: the TLS handshake will take it or refuse it.
+            Ok(Peeked::TooLarge) => None,
+            Ok(Peeked::Invalid) => {
+                tracing::debug!(%peer, "closing: not a TLS ClientHello");
+                return;
+            }
+            Ok(Peeked::Eof) => return,
+            Ok(Peeked::Io(e)) => {
+                tracing::debug!(%peer, error = %e, "reading the ClientHello");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out reading the ClientHello");
+                return;
+            }
+        };
+        if let Some(route) = sni.as_deref().and_then(|sni| pass.route(sni)) {
+            drop(permit);
+            pass_through(pass, &route, tcp, &replay, peer, shutdown, grace).await;
+            return;
+        }
+    }
+    let mut stream = L4Stream::from(tcp);
+    stream.set_socket_digest(digest);
+    stream.rewind(&replay);
+    let handshake = tokio::time::timeout_at(deadline, tls.acceptor.tls_handshake(stream)).await;
+    drop(permit);
+    match handshake {
+        Ok(Ok(tls_stream)) => {
             let _ = app.process_new(Box::new(tls_stream), &shutdown).await;
         }
-        Ok(None) => tracing::debug!(%peer, "TLS handshake failed"),
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    }
+}
+
+/// Relays a passthrough connection until it ends, or until `grace` after shutdown starts.
+async fn pass_through(
+    pass: &Passthrough,
+    route: &kingress_model::L4Route,
+    client: tokio::net::TcpStream,
+    hello: &[u8],
+    peer: std::net::SocketAddr,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let backend = &route.backend;
+    let stopped = async {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = passthrough::relay(pass, route, client, hello) => match result {
+            Ok((up, down)) => tracing::debug!(%peer, %backend, up, down, "passthrough connection done"),
+            Err(e) => tracing::debug!(%peer, %backend, error = %e, "passthrough connection failed"),
+        },
+        () = stopped => tracing::debug!(%peer, %backend, "passthrough connection closed at shutdown"),
     }
 }
