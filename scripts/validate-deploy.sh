@@ -10,7 +10,8 @@
 # 2. Validates every document against the Kubernetes OpenAPI schemas of a fixed set of
 #    versions, strictly: an unknown field (`replicass: 2`), a wrong type, a missing
 #    required field, an unknown kind or apiVersion, or a duplicate key fails.
-# 3. Checks what the schemas cannot see, in each rendered kustomization: every namespaced
+# 3. Checks what the schemas cannot see, in each rendered install (a kustomization no other
+#    one includes; base/ is checked inside each variant): every namespaced
 #    object names a Namespace of the render; selectors (Deployment, Service,
 #    PodDisruptionBudget) match the pods; Service target ports and probe ports exist on
 #    the containers; bindings name a Role and ServiceAccounts of the render.
@@ -140,6 +141,10 @@ def yaml_files(d):
 
 
 listed_anywhere = set()
+# Kustomizations another one includes (base/): parts, not installs. Their objects are
+# schema-checked, and their references only within each install that includes them
+# (base/ has no Namespace of its own: each variant brings its own).
+included = set()
 
 
 def render(d, stack=()):
@@ -168,6 +173,7 @@ def render(d, stack=()):
             if p in stack:
                 fail(f"{kfile}: resource {entry} includes itself")
                 continue
+            included.add(p)
             out += render(p, stack + (os.path.normpath(d),))
         elif os.path.isfile(p):
             listed.add(p)
@@ -326,6 +332,7 @@ def check_references(d, docs):
 if rendered_with_errors:
     print("validate-deploy: reference checks skipped until the kustomizations render", file=sys.stderr)
     renders = {}
+renders = {d: docs for d, docs in renders.items() if d not in included}
 for d, docs in renders.items():
     before = sum(d in found_in for found_in in errors.values())
     check_references(d, docs)
