@@ -42,6 +42,8 @@ pub(crate) struct ControllerSettings {
     pub force_ssl_redirect: bool,
     /// `hsts`, `hsts-max-age`, `hsts-include-subdomains`, `hsts-preload`, as a header value.
     pub hsts: Option<String>,
+    /// `use-proxy-protocol`: the listeners expect a PROXY header.
+    pub use_proxy_protocol: bool,
 }
 
 struct Hsts {
@@ -87,6 +89,7 @@ pub(crate) fn controller_defaults(
         ssl_redirect: true,
         force_ssl_redirect: false,
         hsts: None,
+        use_proxy_protocol: false,
     };
     let mut hsts = Hsts {
         enabled: true,
@@ -123,6 +126,7 @@ pub(crate) fn controller_defaults(
         ("hsts", &mut hsts.enabled),
         ("hsts-include-subdomains", &mut hsts.include_subdomains),
         ("hsts-preload", &mut hsts.preload),
+        ("use-proxy-protocol", &mut settings.use_proxy_protocol),
     ] {
         read_bool(get(key), key, slot, &mut problems);
     }

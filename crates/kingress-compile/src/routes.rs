@@ -159,6 +159,7 @@ pub fn compile_routes(snapshot: &Snapshot, options: &CompileOptions) -> (Config,
     let tls_hosts = TlsHosts::of(&ingresses);
     let mut builder = ConfigBuilder::new();
     builder.set_hsts(settings.hsts.clone());
+    builder.set_use_proxy_protocol(settings.use_proxy_protocol);
     for ing in ingresses {
         let mut obj = object_ref("Ingress", &ing.metadata);
         let namespace = namespace_of(&ing.metadata).to_string();

@@ -96,6 +96,9 @@ pub struct Config {
     default_server: Server,
     /// The Strict-Transport-Security value for HTTPS responses (`None`: not sent).
     hsts: Option<Arc<str>>,
+    /// `use-proxy-protocol` (controller ConfigMap): the HTTP and HTTPS listeners expect a
+    /// PROXY protocol header (v1 or v2) before each connection's first byte.
+    use_proxy_protocol: bool,
 }
 
 impl Config {
@@ -137,6 +140,11 @@ impl Config {
     /// The Strict-Transport-Security header value for HTTPS responses.
     pub fn hsts(&self) -> Option<&Arc<str>> {
         self.hsts.as_ref()
+    }
+
+    /// Whether new connections on the HTTP and HTTPS listeners start with a PROXY header.
+    pub fn use_proxy_protocol(&self) -> bool {
+        self.use_proxy_protocol
     }
 
     /// Number of path routes in all servers.
@@ -217,6 +225,10 @@ impl ConfigBuilder {
             Some(HostPattern::Exact(h)) => self.config.exact.get(h)?.default_backend.as_ref(),
             Some(HostPattern::Wildcard(s)) => self.config.wildcard.get(s)?.default_backend.as_ref(),
         }
+    }
+
+    pub fn set_use_proxy_protocol(&mut self, on: bool) {
+        self.config.use_proxy_protocol = on;
     }
 
     pub fn set_hsts(&mut self, value: Option<String>) {

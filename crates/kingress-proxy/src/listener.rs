@@ -160,8 +160,11 @@ impl TlsListener {
 pub struct ListenerOptions {
     /// Terminate TLS (the HTTPS listener).
     pub tls: Option<Arc<TlsListener>>,
-    /// Expect a PROXY protocol header first, within this time (`use-proxy-protocol`).
+    /// Expect a PROXY protocol header first, within this time (`--use-proxy-protocol`).
     pub proxy_protocol: Option<Duration>,
+    /// Also expect one whenever the current routing table says so (the controller
+    /// ConfigMap's `use-proxy-protocol`, live), within this time.
+    pub proxy_protocol_live: Option<(Arc<Tables>, Duration)>,
     /// SSL passthrough by SNI. Only used with `tls`.
     pub passthrough: Option<Arc<Passthrough>>,
 }
@@ -174,8 +177,15 @@ impl ListenerOptions {
             proxy_protocol: settings
                 .use_proxy_protocol
                 .then_some(settings.proxy_protocol_header_timeout),
+            proxy_protocol_live: None,
             passthrough: None,
         }
+    }
+
+    /// Also follow the ConfigMap's `use-proxy-protocol` in `tables`' routing table.
+    pub fn with_live_proxy_protocol(mut self, tables: Arc<Tables>, settings: &ProxySettings) -> Self {
+        self.proxy_protocol_live = Some((tables, settings.proxy_protocol_header_timeout));
+        self
     }
 
     /// The HTTPS listener: TLS with `tls`, a PROXY header when
@@ -332,7 +342,13 @@ async fn handle_connection<A>(
     // Bytes read before pingora gets the stream: put back with `rewind`.
     let mut replay = Vec::new();
     let digest = SocketDigest::from_raw_fd(fd);
-    if let Some(timeout) = options.proxy_protocol {
+    let expect_proxy = options.proxy_protocol.or_else(|| {
+        options
+            .proxy_protocol_live
+            .as_ref()
+            .and_then(|(tables, timeout)| tables.config().use_proxy_protocol().then_some(*timeout))
+    });
+    if let Some(timeout) = expect_proxy {
         match proxy_protocol::read_header(&mut tcp, timeout).await {
             Ok(header) => {
                 if let Some(source) = header.source {

@@ -79,6 +79,11 @@ pub struct ProxyArgs {
     /// Largest client request body, nginx syntax (1m, 512k, 10485760); 0 for no limit (proxy-body-size).
     #[arg(long, default_value = "1m", env = "KINGRESS_PROXY_BODY_SIZE")]
     pub proxy_body_size: String,
+    /// Expect a PROXY protocol header (v1 or v2) on every HTTP and HTTPS connection, from
+    /// a load balancer in front; X-Forwarded-For and X-Real-IP then carry its client. The
+    /// controller ConfigMap's `use-proxy-protocol: "true"` does the same, live.
+    #[arg(long, env = "KINGRESS_USE_PROXY_PROTOCOL")]
+    pub use_proxy_protocol: bool,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -272,6 +277,7 @@ impl ProxyArgs {
             },
             tls_handshake_timeout: seconds("ssl-handshake-timeout", self.ssl_handshake_timeout)?,
             max_tls_handshakes: self.max_tls_handshakes.max(1),
+            use_proxy_protocol: self.use_proxy_protocol,
             ..ProxySettings::default()
         })
     }

@@ -251,12 +251,17 @@ pub async fn start_with(mut options: GatewayOptions, listeners: Listeners) -> an
     let apps: Vec<_> = (0..workers.as_ref().map_or(1, |p| p.len()))
         .map(|_| kingress_proxy::build_proxy(tables.clone(), options.proxy.clone()))
         .collect();
-    tasks.push(tokio::spawn(kingress_proxy::serve(
+    // PROXY protocol: always with --use-proxy-protocol, else as the controller
+    // ConfigMap's use-proxy-protocol says (live).
+    let http_options =
+        kingress_proxy::ListenerOptions::http(&options.proxy).with_live_proxy_protocol(tables.clone(), &options.proxy);
+    tasks.push(tokio::spawn(kingress_proxy::serve_with_options(
         http,
         apps.clone(),
         wait_for(shutdown_rx.clone()),
         grace,
         workers.clone(),
+        http_options,
     )));
     if let Some(https) = https {
         let tls = kingress_proxy::TlsListener::new(
@@ -265,13 +270,18 @@ pub async fn start_with(mut options: GatewayOptions, listeners: Listeners) -> an
             options.proxy.max_tls_handshakes,
         )
         .context("configuring TLS")?;
-        tasks.push(tokio::spawn(kingress_proxy::serve_with(
+        // SSL passthrough (--enable-ssl-passthrough) by SNI, for the hosts of the L4 table.
+        let mut proxy = options.proxy.clone();
+        proxy.ssl_passthrough = options.compile.l4.ssl_passthrough;
+        let https_options = kingress_proxy::ListenerOptions::https(Arc::new(tls), tables.clone(), &proxy)
+            .with_live_proxy_protocol(tables.clone(), &proxy);
+        tasks.push(tokio::spawn(kingress_proxy::serve_with_options(
             https,
             apps,
             wait_for(shutdown_rx),
             grace,
             workers.clone(),
-            Some(Arc::new(tls)),
+            https_options,
         )));
     }
     tracing::info!(http = %http_addr, https = ?https_addr, admin = %admin_addr, source = ?options.source, "kingress is serving");

@@ -295,3 +295,182 @@ async fn tcp_services_config_map_sends_proxy_v1() {
     assert_eq!(line, format!("PROXY TCP4 127.0.0.1 127.0.0.1 {client_port} {port}\r\n"));
     env.gateway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn use_proxy_protocol_from_the_config_map_puts_the_real_client_in_x_forwarded_for() {
+    let (env, _backend) = {
+        let backend = echo("web").await;
+        let cm = |on: bool| {
+            format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: kingress, namespace: ingress}}\ndata:\n  use-proxy-protocol: \"{on}\"\n"
+            )
+        };
+        let compile = CompileOptions {
+            config_map: Some(("ingress".into(), "kingress".into())),
+            ..Default::default()
+        };
+        let env = start_with(
+            &[
+                ("svc.yaml", service_yaml("web", &[backend.addr().port()])),
+                ("ing.yaml", ingress_yaml("web", "p.test", &[("/", "Prefix", "web")])),
+                ("cm.yaml", cm(true)),
+            ],
+            ProxySettings::default(),
+            compile,
+        )
+        .await;
+        // Live: switch it off and on again through the ConfigMap.
+        write_atomic(&env.file("cm.yaml"), &cm(false));
+        let url = env.url("/");
+        poll_until(WAIT, "plain requests once use-proxy-protocol is off", || async {
+            let r = env.client.get(&url).header("host", "p.test").send().await.ok()?;
+            (r.status() == 200).then_some(())
+        })
+        .await;
+        write_atomic(&env.file("cm.yaml"), &cm(true));
+        (env, backend)
+    };
+    let request = b"GET / HTTP/1.1\r\nHost: p.test\r\nConnection: close\r\n\r\n";
+    // v1 from a load balancer in front: the echo sees the PROXY source.
+    let seen = poll_until(WAIT, "a PROXY v1 request to be served", || async {
+        let mut bytes = b"PROXY TCP4 203.0.113.9 127.0.0.1 41000 80\r\n".to_vec();
+        bytes.extend_from_slice(request);
+        let r = raw_request(env.gateway.http_addr, &bytes).await;
+        (r.status == 200).then_some(r)
+    })
+    .await;
+    let echoed: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
+    assert_eq!(echoed["headers"]["x-forwarded-for"], "203.0.113.9", "{echoed}");
+    assert_eq!(echoed["headers"]["x-real-ip"], "203.0.113.9", "{echoed}");
+    // v2, binary.
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    v2.extend_from_slice(&[
+        0x21, 0x11, 0x00, 12, 198, 51, 100, 7, 127, 0, 0, 1, 0xa0, 0x28, 0x00, 0x50,
+    ]);
+    v2.extend_from_slice(request);
+    let r = raw_request(env.gateway.http_addr, &v2).await;
+    assert_eq!(r.status, 200);
+    let echoed: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(echoed["headers"]["x-forwarded-for"], "198.51.100.7", "{echoed}");
+    // Without a header the connection is closed, and the listener keeps serving.
+    let mut s = TcpStream::connect(env.gateway.http_addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest).await;
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("200 OK"),
+        "served without a PROXY header"
+    );
+    let mut bytes = b"PROXY TCP4 203.0.113.10 127.0.0.1 41000 80\r\n".to_vec();
+    bytes.extend_from_slice(request);
+    assert_eq!(raw_request(env.gateway.http_addr, &bytes).await.status, 200);
+    env.gateway.shutdown().await;
+}
+
+mod passthrough {
+    use std::sync::Arc;
+
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+    use super::*;
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    /// A CA of its own, and a TLS backend with a certificate for `host` signed by it that
+    /// answers every connection with "backend says hi".
+    async fn tls_backend(host: &str) -> (CertificateDer<'static>, SocketAddr) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "backend CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec![host.to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = l.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut tls) = acceptor.accept(tcp).await {
+                        let _ = tls.write_all(b"backend says hi").await;
+                        let _ = tls.shutdown().await;
+                    }
+                });
+            }
+        });
+        (ca.der().clone(), addr)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_client_verifies_the_backends_own_certificate() {
+        let (ca, backend) = tls_backend("secure.test").await;
+        let service = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: secure, namespace: default}}\nspec:\n  ports:\n  - {{name: https, port: 443}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: secure-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: secure}}\naddressType: IPv4\nendpoints:\n- addresses: [127.0.0.1]\nports:\n- {{name: https, port: {}}}\n",
+            backend.port()
+        );
+        let ingress = "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: secure\n  namespace: default\n  annotations: {nginx.ingress.kubernetes.io/ssl-passthrough: \"true\"}\nspec:\n  ingressClassName: kingress\n  rules:\n  - host: secure.test\n    http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: secure, port: {name: https}}}}\n";
+        let compile = CompileOptions {
+            l4: L4Options {
+                ssl_passthrough: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let env = start_with(
+            &[("svc.yaml", service), ("ing.yaml", ingress.to_string())],
+            ProxySettings::default(),
+            compile,
+        )
+        .await;
+        let https = env.gateway.https_addr.unwrap();
+
+        // Trusting only the backend's CA: the handshake succeeds only if the bytes went
+        // through unterminated.
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = TcpStream::connect(https).await.unwrap();
+        let mut tls = connector
+            .connect(ServerName::try_from("secure.test").unwrap(), tcp)
+            .await
+            .expect("the backend's own certificate, verified by the client");
+        let mut body = Vec::new();
+        let _ = tls.read_to_end(&mut body).await;
+        assert_eq!(body, b"backend says hi");
+
+        // Another host on the same port is terminated by kingress (its fake certificate,
+        // which the backend's CA does not sign).
+        let tcp = TcpStream::connect(https).await.unwrap();
+        let other = connector
+            .connect(ServerName::try_from("other.test").unwrap(), tcp)
+            .await;
+        assert!(
+            other.is_err(),
+            "kingress's own certificate must not verify against the backend CA"
+        );
+        env.gateway.shutdown().await;
+    }
+}
