@@ -416,4 +416,53 @@ mod tests {
         assert!(parse_size("m").is_err());
         assert!(parse_size("99999999999999g").is_err());
     }
+
+    #[test]
+    fn l4_flags() {
+        let cli = Cli::try_parse_from(["kingress", "run"]).unwrap();
+        let Command::Run(run) = cli.command else { panic!() };
+        let c = run.compile_options().unwrap();
+        assert!(!c.l4.service_lb && !c.l4.ssl_passthrough);
+        assert_eq!(run.l4.l4_bind.to_string(), "0.0.0.0");
+        assert_eq!(run.l4.drain_timeout(), Ok(Duration::from_secs(30)));
+        let cli = Cli::try_parse_from([
+            "kingress",
+            "run",
+            "--l4-services",
+            "--l4-bind",
+            "127.0.0.1",
+            "--l4-class",
+            "example.com/lb",
+            "--l4-drain-timeout",
+            "500ms",
+            "--tcp-services-configmap",
+            "ingress/tcp-services",
+            "--udp-services-configmap",
+            "ingress/udp-services",
+            "--enable-ssl-passthrough",
+            "--use-proxy-protocol",
+            "--publish-service",
+            "ingress/kingress",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else { panic!() };
+        let c = run.compile_options().unwrap();
+        assert!(c.l4.service_lb && c.l4.ssl_passthrough);
+        assert_eq!(c.l4.class.as_deref(), Some("example.com/lb"));
+        assert_eq!(c.l4.tcp_services, Some(("ingress".into(), "tcp-services".into())));
+        assert_eq!(c.l4.udp_services, Some(("ingress".into(), "udp-services".into())));
+        assert_eq!(c.l4.own_service, Some(("ingress".into(), "kingress".into())));
+        assert_eq!(run.l4.l4_bind.to_string(), "127.0.0.1");
+        assert_eq!(run.l4.drain_timeout(), Ok(Duration::from_millis(500)));
+        assert!(run.proxy.settings().unwrap().use_proxy_protocol);
+        for (raw, want) in [("30", 30_000), ("2m", 120_000), ("1.5s", 1_500), ("0", 0)] {
+            assert_eq!(parse_duration(raw), Ok(Duration::from_millis(want)), "{raw}");
+        }
+        for bad in ["", "s", "-1s", "soon", "1d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        let cli = Cli::try_parse_from(["kingress", "run", "--tcp-services-configmap", "nope"]).unwrap();
+        let Command::Run(run) = cli.command else { panic!() };
+        assert!(run.compile_options().is_err());
+    }
 }
