@@ -390,6 +390,14 @@ impl L4Manager {
     }
 }
 
+impl Drop for L4Manager {
+    /// Dropping the manager closes every port and ends every connection and flow.
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.hard_stop.cancel();
+    }
+}
+
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -450,7 +458,8 @@ async fn accept_loop(
                 tracker.spawn(tasks.track_future(task));
             }
             Err(e) => {
-                if stop.is_cancelled() || e.raw_os_error() == Some(EINVAL) {
+                // EINVAL: the listening socket was shut down (the port was closed).
+                if stop.is_cancelled() || e.raw_os_error() == Some(nix::errno::Errno::EINVAL as i32) {
                     break;
                 }
                 // Out of file descriptors and the like: do not spin.
@@ -460,9 +469,6 @@ async fn accept_loop(
         }
     }
 }
-
-/// accept(2) on a socket shut down for reading (a closed port).
-const EINVAL: i32 = 22;
 
 fn bind_tcp(addr: SocketAddr) -> io::Result<StdTcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;

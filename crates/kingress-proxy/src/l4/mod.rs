@@ -30,6 +30,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 pub use manager::{L4Manager, L4PortStats};
+pub use tcp::{ConnectError, RelayMode, Upstream, connect_endpoint, relay, relay_with};
 
 /// Timeouts and limits of the L4 ports, with ingress-nginx's stream defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +55,8 @@ pub struct L4Settings {
     pub bind_retry: Duration,
     /// How long a client has to send its whole PROXY header (ports that expect one).
     pub proxy_header_timeout: Duration,
+    /// splice(2) (default) or a userspace copy.
+    pub relay: tcp::RelayMode,
 }
 
 impl Default for L4Settings {
@@ -68,6 +71,7 @@ impl Default for L4Settings {
             drain_timeout: Duration::from_secs(30),
             bind_retry: Duration::from_secs(1),
             proxy_header_timeout: Duration::from_secs(5),
+            relay: tcp::RelayMode::Splice,
         }
     }
 }

@@ -218,9 +218,35 @@ impl Activity {
 /// Uses splice(2) through a pipe per direction (zero copy in userspace); where a pipe
 /// cannot be made, a 64 KiB buffer per direction.
 pub async fn relay(client: TcpStream, upstream: TcpStream, idle: Duration) -> io::Result<(u64, u64)> {
+    relay_with(client, upstream, idle, RelayMode::Splice).await
+}
+
+/// How [`relay`] moves bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RelayMode {
+    /// splice(2) through a pipe per direction: the bytes stay in the kernel. Falls back
+    /// to `Copy` where a pipe cannot be made.
+    #[default]
+    Splice,
+    /// A 64 KiB userspace buffer per direction.
+    Copy,
+}
+
+/// [`relay`] with the byte-moving mode chosen.
+pub async fn relay_with(
+    client: TcpStream,
+    upstream: TcpStream,
+    idle: Duration,
+    mode: RelayMode,
+) -> io::Result<(u64, u64)> {
     let activity = Activity::new();
     let result = {
-        let both = async { tokio::try_join!(pump(&client, &upstream, &activity), pump(&upstream, &client, &activity)) };
+        let both = async {
+            tokio::try_join!(
+                pump(&client, &upstream, &activity, mode),
+                pump(&upstream, &client, &activity, mode)
+            )
+        };
         tokio::select! {
             r = both => r,
             () = activity.idle(idle) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("no traffic for {idle:?}"))),
@@ -236,8 +262,12 @@ pub async fn relay(client: TcpStream, upstream: TcpStream, idle: Duration) -> io
 }
 
 /// One direction: `src` to `dst` until EOF (then `dst` is shut down for writing).
-async fn pump(src: &TcpStream, dst: &TcpStream, activity: &Activity) -> io::Result<u64> {
-    let moved = match pipe() {
+async fn pump(src: &TcpStream, dst: &TcpStream, activity: &Activity, mode: RelayMode) -> io::Result<u64> {
+    let pipe = match mode {
+        RelayMode::Splice => pipe(),
+        RelayMode::Copy => None,
+    };
+    let moved = match pipe {
         Some((rd, wr)) => pump_splice(src, dst, &rd, &wr, activity).await?,
         None => pump_copy(src, dst, activity).await?,
     };
@@ -390,7 +420,7 @@ pub(crate) async fn serve(ctx: &ConnContext, mut client: TcpStream, peer: Socket
         reset_on_close(&client);
         return;
     }
-    match relay(client, up, ctx.settings.idle_timeout).await {
+    match relay_with(client, up, ctx.settings.idle_timeout, ctx.settings.relay).await {
         Ok((sent, received)) => {
             debug!(port = %ctx.port, client = %source, endpoint = %addr, sent, received, "L4 connection done")
         }
