@@ -445,6 +445,18 @@ async fn a_removed_port_refuses_new_connections_and_drains_open_ones() {
     assert_eq!(read_exact_vec(&mut open, 5).await, b"after");
     let stats = manager.stats();
     assert!(stats[0].draining && stats[0].open == 1, "{stats:?}");
+
+    // Back in the table: bound again on the same address while the old one drains.
+    let port = stats[0].port;
+    tables.publish_l4(table(vec![(port, route(id.clone(), false, None))]));
+    assert!(manager.apply().is_empty());
+    assert_eq!(manager.bound(), vec![(port, addr)]);
+    let mut again = TcpStream::connect(addr).await.expect("connect");
+    again.write_all(b"again").await.expect("write");
+    assert_eq!(read_exact_vec(&mut again, 5).await, b"again");
+    drop(again);
+    tables.publish_l4(L4Table::new());
+    manager.apply();
     drop(open);
     eventually("the drained port to be forgotten", || {
         let empty = manager.stats().is_empty();

@@ -26,7 +26,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::L4Settings;
 use super::tcp::{self, ConnContext};
@@ -445,6 +445,7 @@ async fn accept_loop(
             Ok((stream, peer)) => {
                 counters.open.fetch_add(1, Ordering::Relaxed);
                 counters.total.fetch_add(1, Ordering::Relaxed);
+                let span = tracing::debug_span!("l4", port = %ctx.port, %peer);
                 let ctx = ctx.clone();
                 let counters = counters.clone();
                 let drain = drain.clone();
@@ -455,7 +456,7 @@ async fn accept_loop(
                     }
                     counters.open.fetch_sub(1, Ordering::Relaxed);
                 };
-                tracker.spawn(tasks.track_future(task));
+                tracker.spawn(tasks.track_future(task.instrument(span)));
             }
             Err(e) => {
                 // EINVAL: the listening socket was shut down (the port was closed).
