@@ -268,7 +268,7 @@ async fn pump(src: &TcpStream, dst: &TcpStream, activity: &Activity, mode: Relay
         RelayMode::Copy => None,
     };
     let moved = match pipe {
-        Some((rd, wr)) => pump_splice(src, dst, &rd, &wr, activity).await?,
+        Some((rd, wr, capacity)) => pump_splice(src, dst, &rd, &wr, capacity, activity).await?,
         None => pump_copy(src, dst, activity).await?,
     };
     match SockRef::from(dst).shutdown(std::net::Shutdown::Write) {
@@ -277,11 +277,17 @@ async fn pump(src: &TcpStream, dst: &TcpStream, activity: &Activity, mode: Relay
     }
 }
 
-/// A non-blocking pipe for splice, as large as the kernel allows up to [`PIPE_SIZE`].
-fn pipe() -> Option<(OwnedFd, OwnedFd)> {
+/// A non-blocking pipe for splice, as large as the kernel allows up to [`PIPE_SIZE`],
+/// and its capacity (what one splice may move).
+fn pipe() -> Option<(OwnedFd, OwnedFd, usize)> {
     let (rd, wr) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).ok()?;
     let _ = nix::fcntl::fcntl(&wr, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
-    Some((rd, wr))
+    let capacity = nix::fcntl::fcntl(&wr, FcntlArg::F_GETPIPE_SZ)
+        .ok()
+        .and_then(|c| usize::try_from(c).ok())
+        .filter(|c| *c > 0)
+        .unwrap_or(CHUNK);
+    Some((rd, wr, capacity))
 }
 
 async fn pump_splice(
@@ -289,6 +295,7 @@ async fn pump_splice(
     dst: &TcpStream,
     pipe_rd: &OwnedFd,
     pipe_wr: &OwnedFd,
+    capacity: usize,
     activity: &Activity,
 ) -> io::Result<u64> {
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
@@ -298,7 +305,7 @@ async fn pump_splice(
         let n = loop {
             src.readable().await?;
             match src.try_io(Interest::READABLE, || {
-                nix::fcntl::splice(src.as_fd(), None, pipe_wr.as_fd(), None, CHUNK, flags).map_err(io::Error::from)
+                nix::fcntl::splice(src.as_fd(), None, pipe_wr.as_fd(), None, capacity, flags).map_err(io::Error::from)
             }) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
