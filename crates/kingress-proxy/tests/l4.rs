@@ -794,3 +794,57 @@ async fn a_removed_udp_port_serves_its_flows_only_and_comes_back_on_the_same_soc
     udp_roundtrip(&b, addr, "b2").await;
     udp_roundtrip(&a, addr, "a3").await;
 }
+
+/// A connected pair of TCP streams on loopback.
+async fn socket_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind((LOCALHOST, 0)).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    (a.expect("connect"), b.expect("accept").0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_counts_the_bytes_of_both_directions() {
+    let (mut client, client_side) = socket_pair().await;
+    let (upstream_side, mut upstream) = socket_pair().await;
+    let relay = tokio::spawn(kingress_proxy::l4::relay(client_side, upstream_side, DEADLINE));
+    client.write_all(b"abc").await.expect("write");
+    client.shutdown().await.expect("half-close");
+    assert_eq!(read_exact_vec(&mut upstream, 3).await, b"abc");
+    upstream.write_all(b"hello").await.expect("write");
+    upstream.shutdown().await.expect("half-close");
+    let (rest, end) = read_to_end(&mut upstream).await;
+    assert!(rest.is_empty() && end.is_ok());
+    let (answer, end) = read_to_end(&mut client).await;
+    assert_eq!(answer, b"hello");
+    end.expect("clean EOF");
+    assert_eq!(relay.await.expect("join").expect("relay"), (3, 5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_endpoint_says_why_it_failed() {
+    use kingress_proxy::l4::{ConnectError, connect_endpoint};
+    let tables = Tables::new();
+    let refused_a: SocketAddr = (LOCALHOST, free_tcp_port()).into();
+    let refused_b: SocketAddr = (LOCALHOST, free_tcp_port()).into();
+    let (empty, dead) = (backend("empty"), backend("dead"));
+    publish_endpoints(&tables, &[(&empty, &[]), (&dead, &[refused_a, refused_b])]);
+    let s = settings();
+    assert!(matches!(
+        connect_endpoint(&tables, &backend("missing"), &s).await,
+        Err(ConnectError::UnknownBackend(_))
+    ));
+    assert!(matches!(
+        connect_endpoint(&tables, &empty, &s).await,
+        Err(ConnectError::NoEndpoint(_))
+    ));
+    match connect_endpoint(&tables, &dead, &s).await {
+        Err(ConnectError::Failed { tries, last, .. }) => {
+            assert_eq!(tries, 2, "each endpoint once");
+            assert_eq!(last.kind(), io::ErrorKind::ConnectionRefused);
+        }
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    let endpoints = tables.endpoints();
+    assert_eq!(endpoints.stats(&refused_a).expect("stats").in_flight(), 0);
+}
