@@ -156,10 +156,11 @@ HAPROXY_PID=$!
 PIDS+=("$HAPROXY_PID")
 wait_forwarding "$HAPROXY_PORT" "$HAPROXY_PID"
 
-# --- what else runs: sampled once a second into others.log for the whole measurement -----------
+# --- what else runs: sampled once a second into others.log for the whole measurement: builds
+# (cargo, rustc, kube-scale, cc1) and every process in state R at that instant ---------------
 (
     while :; do
-        echo "$(date +%T) load $(loadavg) | $(pgrep -a 'cargo|rustc|kube-scale|cc1' | awk '{print $2}' | xargs -r -n1 basename | sort | uniq -c | xargs)"
+        echo "$(date +%T) load $(loadavg) | $(pgrep -a 'cargo|rustc|kube-scale|cc1' 2>/dev/null | awk '{print $2}' | xargs -r -n1 basename | sort | uniq -c | xargs) | running: $(ps -eo stat=,comm= | awk '$1 ~ /^R/ {print $2}' | sort | uniq -c | xargs)"
         sleep 1
     done
 ) >"$WORK/others.log" 2>&1 &
@@ -174,7 +175,7 @@ printf '%-9s %-22s %10s %10s %10s %8s %12s %12s %10s\n' target test result "p50/
 
 preamble() {
     local others
-    others=$(pgrep -c 'cargo|rustc|kube-scale|cc1' || true)
+    others=$(pgrep -c 'cargo|rustc|kube-scale|cc1' 2>/dev/null || true)
     echo "load average before: $(loadavg); cargo/rustc/kube-scale/cc1 processes: ${others:-0}"
 }
 # measure TARGET CMD...: shows CMD and runs it. Sets OUT (what it printed, then a "client
