@@ -43,12 +43,13 @@ KINGRESS_L4_PORT=$((PORT_BASE + 10))
 HAPROXY_PORT=$((PORT_BASE + 20))
 HTTP_PORT=$((PORT_BASE + 80))
 ADMIN_PORT=$((PORT_BASE + 81))
+HTTPS_PORT=$((PORT_BASE + 43))
 
 # Processes we start are stopped by PID on exit (PIDS, cleanup: common.sh).
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-require_free_ports "$BACKEND_PORT" "$KINGRESS_L4_PORT" "$HAPROXY_PORT" "$HTTP_PORT" "$ADMIN_PORT"
+require_free_ports "$BACKEND_PORT" "$KINGRESS_L4_PORT" "$HAPROXY_PORT" "$HTTP_PORT" "$ADMIN_PORT" "$HTTPS_PORT"
 
 # --- tools ----------------------------------------------------------------------------
 apt_install() {
@@ -116,10 +117,10 @@ endpoints:
 - addresses: [$HOST]
   conditions: {ready: true}
 EOF
-log "starting kingress: L4 $HOST:$KINGRESS_L4_PORT (http $HOST:$HTTP_PORT, admin $HOST:$ADMIN_PORT)"
+log "starting kingress: L4 $HOST:$KINGRESS_L4_PORT (http $HOST:$HTTP_PORT, https $HOST:$HTTPS_PORT, admin $HOST:$ADMIN_PORT; unused)"
 show_cmd "$KINGRESS" run --manifests "$MANIFESTS" --http-listen "$HOST:$HTTP_PORT" --admin-listen "$HOST:$ADMIN_PORT" \
-    --l4-services --l4-bind "$HOST" --worker-threads 2
-start_kingress --l4-services --l4-bind "$HOST" --worker-threads 2
+    --https-listen "$HOST:$HTTPS_PORT" --l4-services --l4-bind "$HOST" --worker-threads 2
+start_kingress --https-listen "$HOST:$HTTPS_PORT" --l4-services --l4-bind "$HOST" --worker-threads 2
 wait_forwarding "$KINGRESS_L4_PORT" "$KINGRESS_PID"
 
 # --- HAProxy: mode tcp, one frontend, one server (the same backend) ------------------------
