@@ -133,8 +133,9 @@ cat >"$WORK/haproxy/haproxy.cfg" <<EOF
 # (kingress runs with --worker-threads 2; the machine has $(nproc) cores).
 global
     nbthread 2
-    # plenty for 32 loops; higher needs more than this container's 20,000 open files
-    maxconn 8000
+    # plenty for 32 loops; with splice-auto HAProxy also reserves maxconn/4 pipes (2 fds each),
+    # and 8000 would need more than this container's 20,000 open files
+    maxconn 4000
     pidfile $WORK/haproxy/haproxy.pid
 
 defaults
