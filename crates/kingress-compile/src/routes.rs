@@ -47,10 +47,6 @@ impl ServiceIndex {
         Self { valid, rejected }
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&(String, String), &ValidService)> {
-        self.valid.iter()
-    }
-
     /// The backend id of `namespace/service:port`, and why it cannot serve (if so).
     fn resolve(&self, namespace: &str, backend: &ServiceRef) -> (BackendId, Option<String>) {
         let key = (namespace.to_string(), backend.name.clone());
