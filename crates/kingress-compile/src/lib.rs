@@ -31,7 +31,7 @@ use kingress_model::{Config, Diagnostic, EndpointTable, ObjectRef};
 pub use class::ClassOptions;
 pub use endpoints::{EndpointCache, compile_endpoints};
 pub use policy::{ANNOTATION_PREFIX, PolicyDefaults, parse_config_map_ref};
-pub use routes::compile_routes;
+pub use routes::{RouteCache, compile_routes};
 
 /// The Kubernetes objects kingress reads, as the sources decoded them. Order does not
 /// matter: compile sorts what it needs to be deterministic.

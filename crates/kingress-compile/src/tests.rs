@@ -917,3 +917,161 @@ fn incremental_endpoints_equal_a_full_compile() {
     w.service("c", None);
     w.check("c gone");
 }
+
+/// Everything a routing table answers, in a fixed order, for comparing two tables.
+#[allow(clippy::type_complexity)]
+fn dump(
+    c: &kingress_model::Config,
+) -> (
+    Option<String>,
+    Vec<(
+        String,
+        Option<kingress_model::Route>,
+        Vec<(String, kingress_model::PathType, kingress_model::Route)>,
+    )>,
+) {
+    let servers = c
+        .servers()
+        .into_iter()
+        .map(|(host, s)| {
+            let mut paths: Vec<_> = s
+                .paths
+                .entries()
+                .into_iter()
+                .map(|(p, t, r)| (p.to_string(), t, (**r).clone()))
+                .collect();
+            paths.sort_by(|a, b| (&a.0, a.1.as_str()).cmp(&(&b.0, b.1.as_str())));
+            (host, s.default_backend.as_ref().map(|r| (**r).clone()), paths)
+        })
+        .collect();
+    (c.hsts().map(|h| h.to_string()), servers)
+}
+
+/// The route cache over a sequence of Ingress changes gives, at every step, the table
+/// and the diagnostics (same order) of a full compile, while reusing the Ingresses whose
+/// resourceVersion did not change.
+#[test]
+fn incremental_routes_equal_a_full_compile() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    let versioned = |name: &str, rv: u32, created: &str, spec: Value| {
+        ingress_with(
+            name,
+            json!({"resourceVersion": rv.to_string(), "creationTimestamp": created}),
+            spec,
+        )
+    };
+    let rules = |host: &str, paths: Vec<Value>| json!({"ingressClassName": "kingress", "rules": [{"host": host, "http": {"paths": paths}}]});
+    let mut ingresses: BTreeMap<&str, Ingress> = BTreeMap::new();
+    ingresses.insert(
+        "old",
+        versioned(
+            "old",
+            1,
+            "2024-01-01T00:00:00Z",
+            rules("shop.com", vec![path("/", "Prefix", "a"), path("/cart", "Exact", "a")]),
+        ),
+    );
+    ingresses.insert(
+        "new",
+        versioned(
+            "new",
+            2,
+            "2025-01-01T00:00:00Z",
+            rules("shop.com", vec![path("/", "Prefix", "b"), path("/api", "Prefix", "b")]),
+        ),
+    );
+    ingresses.insert(
+        "other",
+        versioned(
+            "other",
+            3,
+            "2025-02-01T00:00:00Z",
+            rules("other.com", vec![path("/", "Prefix", "missing")]),
+        ),
+    );
+    let options = CompileOptions::default();
+    let mut cache = RouteCache::new();
+    let mut services = vec!["a", "b"];
+    let check = |cache: &mut RouteCache, ingresses: &BTreeMap<&str, Ingress>, services: &[&str], step: &str| {
+        let s = snapshot(ingresses.values().cloned().collect(), services);
+        let (full, full_diags) = compile_routes(&s, &options);
+        let (incremental, diags) = cache.compile(&s, &options);
+        assert_eq!(dump(&incremental), dump(&full), "{step}");
+        assert_eq!(diags, full_diags, "{step}");
+        incremental
+    };
+    let first = check(&mut cache, &ingresses, &services, "initial");
+    assert_eq!(
+        first.lookup(Some("shop.com"), "/").map(|r| r.backend.to_string()),
+        Some("default/a:80".to_string())
+    );
+
+    // Only "new" changes: "other"'s routes are the same Arcs.
+    ingresses.insert(
+        "new",
+        versioned(
+            "new",
+            4,
+            "2025-01-01T00:00:00Z",
+            rules("shop.com", vec![path("/", "Prefix", "b"), path("/v2", "Prefix", "b")]),
+        ),
+    );
+    let second = check(&mut cache, &ingresses, &services, "a younger Ingress changed");
+    let other = |c: &kingress_model::Config| c.lookup(Some("other.com"), "/").cloned();
+    assert!(matches!((other(&first), other(&second)), (Some(x), Some(y)) if Arc::ptr_eq(&x, &y)));
+    let api = second.lookup(Some("shop.com"), "/api").map(|r| r.source.path.clone());
+    assert_eq!(
+        api.as_deref(),
+        Some("/"),
+        "the removed /api path falls back to the older /"
+    );
+
+    ingresses.remove("old");
+    let third = check(&mut cache, &ingresses, &services, "the older owner deleted");
+    assert_eq!(
+        third.lookup(Some("shop.com"), "/").map(|r| r.backend.to_string()),
+        Some("default/b:80".to_string()),
+        "the younger Ingress gets the path"
+    );
+
+    // TLS on one Ingress changes the redirects of another's routes on that host.
+    let mut tls = rules("shop.com", vec![path("/tls", "Prefix", "a")]);
+    tls["tls"] = json!([{"hosts": ["shop.com"], "secretName": "cert"}]);
+    ingresses.insert("secure", versioned("secure", 5, "2025-03-01T00:00:00Z", tls));
+    let fourth = check(&mut cache, &ingresses, &services, "a TLS host added");
+    assert!(fourth.lookup(Some("shop.com"), "/").is_some_and(|r| r.https_redirect));
+
+    ingresses.insert(
+        "new",
+        versioned(
+            "new",
+            6,
+            "2025-01-01T00:00:00Z",
+            rules("shop.com", vec![path("no-slash", "Prefix", "b")]),
+        ),
+    );
+    check(&mut cache, &ingresses, &services, "an Ingress made invalid");
+
+    // Services: announced with invalidate().
+    services.push("missing");
+    cache.invalidate();
+    check(&mut cache, &ingresses, &services, "a Service added");
+
+    // Without a resourceVersion an Ingress is compiled every time.
+    let mut plain = ingress("plain", rules("plain.com", vec![path("/", "Prefix", "a")]));
+    ingresses.insert("plain", plain.clone());
+    check(&mut cache, &ingresses, &services, "an Ingress without resourceVersion");
+    if let Some(spec) = plain.spec.as_mut() {
+        spec.ingress_class_name = Some("someone-else".into());
+    }
+    ingresses.insert("plain", plain);
+    let last = check(
+        &mut cache,
+        &ingresses,
+        &services,
+        "no longer ours, without resourceVersion",
+    );
+    assert!(last.lookup(Some("plain.com"), "/").is_none());
+}

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use kingress_compile::{CompileOptions, EndpointCache, Snapshot, compile_routes};
+use kingress_compile::{CompileOptions, EndpointCache, RouteCache, Snapshot};
 use kingress_model::Diagnostic;
 use kingress_proxy::Tables;
 use kingress_sources::update::Affects;
@@ -35,6 +35,8 @@ struct Applied {
     snapshot: Option<Snapshot>,
     /// The endpoint table, recompiled per changed Service (see [`EndpointCache`]).
     endpoints: EndpointCache,
+    /// The routing table, recompiled per changed Ingress (see [`RouteCache`]).
+    routes: RouteCache,
     route_diagnostics: Vec<Diagnostic>,
     endpoint_diagnostics: Vec<Diagnostic>,
     cert_diagnostics: Vec<Diagnostic>,
@@ -111,6 +113,7 @@ impl Controller {
         if affects.endpoints {
             applied.endpoints = EndpointCache::from_snapshot(&new);
         }
+        applied.routes.invalidate();
         applied.snapshot = Some(new);
         self.compile_and_publish(&mut applied, affects, scan.diagnostics, started);
     }
@@ -134,6 +137,9 @@ impl Controller {
             };
         }
         let fed = !first && update.update_endpoints(&mut applied.endpoints);
+        if update.services.is_some() || update.config_maps.is_some() {
+            applied.routes.invalidate();
+        }
         let snapshot = applied.snapshot.get_or_insert_with(Snapshot::default);
         update.apply_to(snapshot);
         if affects.endpoints && !fed {
@@ -164,7 +170,7 @@ impl Controller {
             applied.endpoint_diagnostics = applied.endpoints.diagnostics();
         }
         if routes_changed {
-            let (config, diags) = compile_routes(new, &self.options);
+            let (config, diags) = applied.routes.compile(new, &self.options);
             tracing::debug!(routes = config.route_count(), "routing table compiled");
             self.tables.publish_config(config);
             applied.route_diagnostics = diags;
