@@ -11,10 +11,12 @@
 //! # Layout
 //! - [`class`]: which Ingresses are ours (spec.ingressClassName, the legacy annotation,
 //!   the default IngressClass, `--watch-ingress-without-class`).
-//! - [`routes`]: Ingresses and Services into a [`Config`].
+//! - [`routes`]: Ingresses and Services into a [`Config`]; [`RouteCache`] reuses each
+//!   unchanged Ingress's own compile between compiles.
 //! - [`policy`]: balancing and retry settings from the ConfigMap and annotations.
 //! - [`endpoints`]: Services and EndpointSlices into an [`EndpointTable`]; kept apart so
-//!   endpoint churn is compiled (and published) without touching the routes.
+//!   endpoint churn is compiled (and published) without touching the routes;
+//!   [`EndpointCache`] recompiles only the Services whose objects changed.
 
 pub mod class;
 pub mod endpoints;
