@@ -309,6 +309,16 @@ async fn publish(
     loop {
         let pending = dirty.take();
         if pending.iter().any(|p| !p.is_empty()) {
+            tracing::debug!(
+                // Bit i: kind i (classes, ingresses, services, slices, secrets, config maps).
+                whole_kinds = pending
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.all)
+                    .fold(0u8, |bits, (i, _)| bits | (1 << i)),
+                objects = pending.iter().map(|p| p.keys.len()).sum::<usize>(),
+                "reading the changes from the stores"
+            );
             let update = changed_parts(&stores, pending);
             let apply = apply.clone();
             if tokio::task::spawn_blocking(move || apply(update)).await.is_err() {
