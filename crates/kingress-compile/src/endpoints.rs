@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kingress_model::{BackendId, Diagnostic, EndpointSet, EndpointTable};
 
-use crate::routes::port_key_for;
+use crate::routes::{ServiceIndex, port_key_for};
 use crate::validate::{Protocol, ValidService, validate_service};
 use crate::{ObjectKey, Snapshot, namespace_of, object_ref};
 
@@ -23,9 +23,46 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// Builds the endpoint table from Services and EndpointSlices.
 pub fn compile_endpoints(snapshot: &Snapshot) -> (EndpointTable, Vec<Diagnostic>) {
-    let mut cache = EndpointCache::from_snapshot(snapshot);
-    let table = cache.table().clone();
-    (table, cache.diagnostics())
+    let mut diagnostics = Vec::new();
+    // Invalid Services are reported by compile_routes, which reruns whenever Services
+    // change; here they are only skipped.
+    let services = ServiceIndex::build(snapshot, &mut Vec::new());
+
+    // (namespace, service) -> (slice port name, protocol) -> addresses
+    let mut by_service: HashMap<ServiceKey, PortAddrs> = HashMap::new();
+    for slice in &snapshot.endpoint_slices {
+        match slice_addresses(slice) {
+            Ok(Some((service, ports))) => {
+                let entry = by_service
+                    .entry((namespace_of(&slice.metadata).to_string(), service))
+                    .or_default();
+                for (k, mut addrs) in ports {
+                    entry.entry(k).or_default().append(&mut addrs);
+                }
+            }
+            Ok(None) => {}
+            Err(reason) => diagnostics.push(Diagnostic::object(
+                object_ref("EndpointSlice", &slice.metadata),
+                format!("invalid, skipped: {reason}"),
+            )),
+        }
+    }
+
+    let mut table = EndpointTable::new();
+    for (key, svc) in services.iter() {
+        let ports = by_service.get(key);
+        let entries = service_entries(key, svc, |name, protocol| {
+            ports
+                .and_then(|m| m.get(&(name.to_string(), protocol)))
+                .cloned()
+                .unwrap_or_default()
+        });
+        for (id, set) in entries {
+            table.insert(id, set);
+        }
+    }
+    diagnostics.sort();
+    (table, diagnostics)
 }
 
 /// `(namespace, service)`: the Service and the EndpointSlices labelled with its name.
@@ -36,8 +73,9 @@ type PortAddrs = HashMap<(String, Protocol), Vec<SocketAddr>>;
 /// The endpoint table, kept up to date one object at a time: a change recompiles only
 /// the Service it belongs to (its own Service, or the one its slice is labelled with),
 /// so an EndpointSlice event costs work in proportion to that Service, not to every
-/// endpoint. [`compile_endpoints`] is this cache filled with a whole snapshot, so the
-/// two cannot disagree.
+/// endpoint. Filled with a whole snapshot it builds the table [`compile_endpoints`]
+/// builds (a test compares the two after every step of a sequence of changes); both
+/// make a Service's entries with the same function.
 ///
 /// Objects are known by [`ObjectKey`]: a second object under the same key replaces the
 /// first, as on the API server. The table keeps the `Arc` of every backend whose set did

@@ -48,6 +48,10 @@ impl ServiceIndex {
         Self { valid, rejected }
     }
 
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&(String, String), &ValidService)> {
+        self.valid.iter()
+    }
+
     /// The backend id of `namespace/service:port`, and why it cannot serve (if so).
     fn resolve(&self, namespace: &str, backend: &ServiceRef) -> (BackendId, Option<String>) {
         let key = (namespace.to_string(), backend.name.clone());
@@ -101,7 +105,44 @@ impl ServiceIndex {
 
 /// Builds the routing table from the Ingresses of our class.
 pub fn compile_routes(snapshot: &Snapshot, options: &CompileOptions) -> (Config, Vec<Diagnostic>) {
-    RouteCache::new().compile(snapshot, options)
+    let ingresses = ours_oldest_first(snapshot, &options.class);
+    let context = Context::build(snapshot, options, TlsHosts::of(&ingresses));
+    let mut diagnostics = context.diagnostics.clone();
+    let mut builder = ConfigBuilder::new();
+    builder.set_hsts(context.settings.hsts.clone());
+    for ing in ingresses {
+        assemble(&mut builder, &prepare(ing, &context, ""), &mut diagnostics);
+    }
+    (builder.build(), diagnostics)
+}
+
+/// What the Ingresses are compiled against.
+#[derive(Debug)]
+struct Context {
+    services: ServiceIndex,
+    settings: ControllerSettings,
+    /// From the Services and the ConfigMap, reported on every compile.
+    diagnostics: Vec<Diagnostic>,
+    tls_hosts: TlsHosts,
+}
+
+impl Context {
+    fn build(snapshot: &Snapshot, options: &CompileOptions, tls_hosts: TlsHosts) -> Self {
+        let mut diagnostics = Vec::new();
+        let services = ServiceIndex::build(snapshot, &mut diagnostics);
+        let settings = controller_defaults(
+            snapshot,
+            options.config_map.as_ref(),
+            &options.defaults,
+            &mut diagnostics,
+        );
+        Self {
+            services,
+            settings,
+            diagnostics,
+            tls_hosts,
+        }
+    }
 }
 
 /// [`compile_routes`] that keeps, between compiles, what each Ingress contributes on
@@ -124,16 +165,6 @@ pub struct RouteCache {
     generation: u64,
 }
 
-/// What the Ingresses are compiled against.
-#[derive(Debug)]
-struct Context {
-    services: ServiceIndex,
-    settings: ControllerSettings,
-    /// From the Services and the ConfigMap, reported on every compile.
-    diagnostics: Vec<Diagnostic>,
-    tls_hosts: TlsHosts,
-}
-
 /// One Ingress, compiled on its own.
 #[derive(Debug)]
 struct Prepared {
@@ -146,11 +177,14 @@ struct Prepared {
     claims: Option<Claims>,
 }
 
+/// A rule's paths: (path, type, route).
+type PathRoutes = Vec<(String, PathType, Arc<Route>)>;
+
 #[derive(Debug)]
 struct Claims {
     default_route: Option<Arc<Route>>,
     /// Each rule's host and its paths, in the Ingress's order.
-    rules: Vec<(Option<HostPattern>, Vec<(String, PathType, Arc<Route>)>)>,
+    rules: Vec<(Option<HostPattern>, PathRoutes)>,
 }
 
 impl RouteCache {
@@ -173,32 +207,14 @@ impl RouteCache {
         let tls_hosts = TlsHosts::of(&ingresses);
         let context = match self.context.take() {
             Some(c) if c.tls_hosts == tls_hosts => c,
-            other => {
+            Some(c) => {
                 // The TLS hosts decide redirects in every route.
                 self.ingresses.clear();
-                let mut diagnostics = Vec::new();
-                let (services, settings) = match other {
-                    Some(c) => {
-                        diagnostics = c.diagnostics;
-                        (c.services, c.settings)
-                    }
-                    None => {
-                        let services = ServiceIndex::build(snapshot, &mut diagnostics);
-                        let settings = controller_defaults(
-                            snapshot,
-                            options.config_map.as_ref(),
-                            &options.defaults,
-                            &mut diagnostics,
-                        );
-                        (services, settings)
-                    }
-                };
-                Context {
-                    services,
-                    settings,
-                    diagnostics,
-                    tls_hosts,
-                }
+                Context { tls_hosts, ..c }
+            }
+            None => {
+                self.ingresses.clear();
+                Context::build(snapshot, options, tls_hosts)
             }
         };
         let mut diagnostics = context.diagnostics.clone();

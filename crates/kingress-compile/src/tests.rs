@@ -819,15 +819,18 @@ fn incremental_endpoints_equal_a_full_compile() {
             table
         }
     }
+    // A UDP port too: whatever the table makes of it, both paths must agree.
     let http = |name: &str| {
         service(
             name,
-            json!([{"name": "http", "port": 80}, {"name": "admin", "port": 9000}]),
+            json!([{"name": "http", "port": 80}, {"name": "admin", "port": 9000},
+                {"name": "dns", "port": 53, "protocol": "UDP"}]),
         )
     };
     let eps = |name: &str, svc: &str, ips: &[&str]| {
         let endpoints: Vec<Value> = ips.iter().map(|ip| json!({"addresses": [ip]})).collect();
-        slice(name, svc, json!([{"name": "http", "port": 8080}]), json!(endpoints))
+        let ports = json!([{"name": "http", "port": 8080}, {"name": "dns", "port": 5353, "protocol": "UDP"}]);
+        slice(name, svc, ports, json!(endpoints))
     };
     let addrs = |t: &kingress_model::EndpointTable, svc: &str, port: &str| -> Option<Vec<String>> {
         t.get(&BackendId::new("default", svc, port))
