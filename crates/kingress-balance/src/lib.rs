@@ -172,52 +172,107 @@ impl Backend {
 #[derive(Debug, Default)]
 pub struct Balanced {
     table: EndpointTable,
-    backends: HashMap<BackendId, Backend>,
+    /// Shared with the next generation when the backend's set does not change.
+    backends: HashMap<BackendId, Arc<Backend>>,
     /// Every address's stats, shared by the backends that contain it.
-    stats: HashMap<SocketAddr, Arc<EndpointStats>>,
+    stats: HashMap<SocketAddr, Shared>,
     health: HealthPolicy,
+}
+
+/// An address's stats and how many backends of the generation contain it (the entry
+/// goes when the last one does).
+#[derive(Clone, Debug)]
+struct Shared {
+    stats: Arc<EndpointStats>,
+    backends: usize,
 }
 
 impl Balanced {
     /// Wraps a new table, keeping the state of the backends and addresses that
     /// `previous` had. An address that is new to a backend already scored starts from
     /// the mean latency of that backend's endpoints, not from zero.
+    ///
+    /// A backend whose set is the previous one (the same `Arc`, or equal) is carried
+    /// over whole, its ring included: the work is in proportion to the backends that
+    /// changed, plus a copy of the maps.
     pub fn new(table: EndpointTable, previous: Option<&Balanced>, now: Nanos, health: HealthPolicy) -> Self {
-        let mut stats: HashMap<SocketAddr, Arc<EndpointStats>> = HashMap::new();
+        let mut stats = previous.map(|p| p.stats.clone()).unwrap_or_default();
         let mut backends = HashMap::with_capacity(table.len());
+        let mut changed = Vec::new();
         for (id, set) in table.iter() {
+            match previous.and_then(|p| p.backends.get(id)) {
+                Some(old) if Arc::ptr_eq(&old.set, set) || old.set == *set => {
+                    backends.insert(id.clone(), old.clone());
+                }
+                _ => changed.push((id, set)),
+            }
+        }
+        // The addresses of the backends that changed or went are released first, so the
+        // map holds exactly this generation's addresses.
+        if let Some(p) = previous {
+            for (id, old) in &p.backends {
+                if backends.get(id).is_some_and(|b| Arc::ptr_eq(b, old)) {
+                    continue;
+                }
+                for a in &old.set.addrs {
+                    if let Some(s) = stats.get_mut(a) {
+                        s.backends = s.backends.saturating_sub(1);
+                        if s.backends == 0 {
+                            stats.remove(a);
+                        }
+                    }
+                }
+            }
+        }
+        for (id, set) in changed {
             let old = previous.and_then(|p| p.backends.get(id));
-            let carried = |a: &SocketAddr| previous.and_then(|p| p.stats.get(a)).cloned();
+            // An address another backend of this generation has, or the previous one had.
+            let carried = |stats: &HashMap<SocketAddr, Shared>, a: &SocketAddr| {
+                stats
+                    .get(a)
+                    .or_else(|| previous.and_then(|p| p.stats.get(a)))
+                    .map(|s| s.stats.clone())
+            };
             // (latency, typical load) of the endpoints that stay and have been measured.
             let known: Vec<(f64, f64)> = set
                 .addrs
                 .iter()
-                .filter_map(|a| carried(a).and_then(|s| Some((s.latency(now)?, s.typical_load()))))
+                .filter_map(|a| carried(&stats, a).and_then(|s| Some((s.latency(now)?, s.typical_load()))))
                 .collect();
             let n = known.len().max(1) as f64;
             let mean_latency = known.iter().map(|k| k.0).sum::<f64>() / n;
             let mean_load = known.iter().map(|k| k.1).sum::<f64>() / n;
-            let per_endpoint = set
-                .addrs
-                .iter()
-                .map(|a| {
-                    stats
-                        .entry(*a)
-                        .or_insert_with(|| {
-                            carried(a).unwrap_or_else(|| Arc::new(EndpointStats::seeded(mean_latency, mean_load, now)))
-                        })
-                        .clone()
-                })
-                .collect();
+            let mut per_endpoint = Vec::with_capacity(set.addrs.len());
+            for a in &set.addrs {
+                let endpoint = match stats.get_mut(a) {
+                    Some(s) => {
+                        s.backends += 1;
+                        s.stats.clone()
+                    }
+                    None => {
+                        let s = carried(&stats, a)
+                            .unwrap_or_else(|| Arc::new(EndpointStats::seeded(mean_latency, mean_load, now)));
+                        stats.insert(
+                            *a,
+                            Shared {
+                                stats: s.clone(),
+                                backends: 1,
+                            },
+                        );
+                        s
+                    }
+                };
+                per_endpoint.push(endpoint);
+            }
             backends.insert(
                 id.clone(),
-                Backend {
+                Arc::new(Backend {
                     set: set.clone(),
                     stats: per_endpoint,
                     cursor: old.map(|b| b.cursor.clone()).unwrap_or_default(),
                     ring: OnceLock::new(),
                     keys: OnceLock::new(),
-                },
+                }),
             );
         }
         Self {
@@ -242,7 +297,7 @@ impl Balanced {
 
     /// The stats of an address, if it is an endpoint of this generation.
     pub fn stats(&self, addr: &SocketAddr) -> Option<&Arc<EndpointStats>> {
-        self.stats.get(addr)
+        self.stats.get(addr).map(|s| &s.stats)
     }
 
     /// Picks an endpoint of `id` for one attempt, skipping `tried` (earlier attempts of

@@ -326,3 +326,135 @@ fn when_every_endpoint_is_ejected_all_are_tried() {
     let c = counts(&b, Strategy::RoundRobin, 10, SECOND);
     assert_eq!(c.len(), 2, "not a 503: {c:?}");
 }
+
+fn backend(i: usize) -> BackendId {
+    BackendId::new("ns", &format!("svc{i}"), "80")
+}
+
+/// A table of backends `svc{i}` over the given addresses, sharing the `Arc`s of `reuse`
+/// for the backends whose addresses are the same (as the endpoint cache does).
+fn shared_table(backends: &[Vec<SocketAddr>], reuse: Option<&EndpointTable>) -> EndpointTable {
+    let mut t = EndpointTable::new();
+    for (i, addrs) in backends.iter().enumerate() {
+        let set = EndpointSet::new(addrs.clone());
+        match reuse.and_then(|r| r.get(&backend(i))).filter(|s| ***s == set) {
+            Some(old) => t.insert_shared(backend(i), old.clone()),
+            None => t.insert(backend(i), set),
+        }
+    }
+    t
+}
+
+#[test]
+fn untouched_backends_are_carried_over_whole() {
+    let now = SECOND;
+    let gen1 = shared_table(&[vec![addr(0), addr(1)], vec![addr(2), addr(3)]], None);
+    let a = Balanced::new(gen1.clone(), None, now, HealthPolicy::default());
+    let mut r = rng();
+    // svc0 builds its ring and advances its cursor.
+    let hashed = ep(a.pick(&backend(0), Strategy::Hash(42), &[], now, &mut r)).addr;
+    let first = ep(a.pick(&backend(1), Strategy::RoundRobin, &[], now, &mut r)).addr;
+    let gen2 = shared_table(&[vec![addr(0), addr(1)], vec![addr(2), addr(4)]], Some(&gen1));
+    let b = Balanced::new(gen2, Some(&a), now, HealthPolicy::default());
+    let (old0, new0) = (
+        a.backends.get(&backend(0)).unwrap(),
+        b.backends.get(&backend(0)).unwrap(),
+    );
+    assert!(Arc::ptr_eq(old0, new0), "the unchanged backend is the same state");
+    assert!(new0.ring.get().is_some(), "with its ring");
+    assert_eq!(
+        ep(b.pick(&backend(0), Strategy::Hash(42), &[], now, &mut r)).addr,
+        hashed
+    );
+    let (old1, new1) = (
+        a.backends.get(&backend(1)).unwrap(),
+        b.backends.get(&backend(1)).unwrap(),
+    );
+    assert!(!Arc::ptr_eq(old1, new1), "the changed one is rebuilt");
+    assert!(Arc::ptr_eq(&old1.cursor, &new1.cursor), "keeping its rotation");
+    assert_ne!(
+        ep(b.pick(&backend(1), Strategy::RoundRobin, &[], now, &mut r)).addr,
+        first
+    );
+    assert!(Arc::ptr_eq(a.stats(&addr(2)).unwrap(), b.stats(&addr(2)).unwrap()));
+    assert!(b.stats(&addr(3)).is_none(), "a removed address is gone");
+    assert!(b.stats(&addr(4)).is_some());
+    // A table equal to the previous one but built anew (a full rescan) is carried too.
+    let again = shared_table(&[vec![addr(0), addr(1)], vec![addr(2), addr(4)]], None);
+    let c = Balanced::new(again, Some(&b), now, HealthPolicy::default());
+    assert!(Arc::ptr_eq(
+        b.backends.get(&backend(1)).unwrap(),
+        c.backends.get(&backend(1)).unwrap()
+    ));
+}
+
+#[test]
+fn shared_and_moving_addresses_keep_their_stats() {
+    let now = 5 * SECOND;
+    // addr(0) is in both backends; addr(1) only in svc1.
+    let gen1 = shared_table(&[vec![addr(0)], vec![addr(0), addr(1)]], None);
+    let a = Balanced::new(gen1.clone(), None, now, HealthPolicy::default());
+    a.stats(&addr(0)).unwrap().observe(2 * MS, 1, now);
+    let s0 = a.stats(&addr(0)).unwrap().clone();
+    let s1 = a.stats(&addr(1)).unwrap().clone();
+    assert!(Arc::ptr_eq(&a.backends.get(&backend(0)).unwrap().stats[0], &s0));
+    // svc1 drops addr(0): svc0 still has it, with the same stats. addr(1) moves from svc1
+    // to svc0 in the same generation and keeps its stats, in whichever order the backends
+    // are visited.
+    let gen2 = shared_table(&[vec![addr(0), addr(1)], vec![addr(2)]], Some(&gen1));
+    let b = Balanced::new(gen2.clone(), Some(&a), now, HealthPolicy::default());
+    assert!(Arc::ptr_eq(b.stats(&addr(0)).unwrap(), &s0));
+    assert!(Arc::ptr_eq(b.stats(&addr(1)).unwrap(), &s1));
+    let b0 = b.backends.get(&backend(0)).unwrap();
+    assert!(Arc::ptr_eq(&b0.stats[0], &s0) && Arc::ptr_eq(&b0.stats[1], &s1));
+    // svc0 drops addr(0): no backend has it any more.
+    let gen3 = shared_table(&[vec![addr(1)], vec![addr(2)]], Some(&gen2));
+    let c = Balanced::new(gen3, Some(&b), now, HealthPolicy::default());
+    assert!(c.stats(&addr(0)).is_none());
+    assert!(Arc::ptr_eq(c.stats(&addr(1)).unwrap(), &s1));
+}
+
+/// After any sequence of generations the shared stats are exactly the addresses of the
+/// current table, and an address that stays keeps its stats.
+#[test]
+fn stats_follow_the_tables_through_many_generations() {
+    let mut r = rng();
+    let mut table: Option<EndpointTable> = None;
+    let mut current: Option<Balanced> = None;
+    for generation in 0..300 {
+        let backends: Vec<Vec<SocketAddr>> = (0..6)
+            .map(|_| (0..r.gen_range(0..5)).map(|_| addr(r.gen_range(0..12))).collect())
+            .collect();
+        // Often leave a backend as it was.
+        let backends: Vec<Vec<SocketAddr>> = backends
+            .into_iter()
+            .enumerate()
+            .map(|(i, new)| match (&table, r.gen_bool(0.5)) {
+                (Some(t), true) => t.get(&backend(i)).map(|s| s.addrs.clone()).unwrap_or(new),
+                _ => new,
+            })
+            .collect();
+        let next_table = shared_table(&backends, table.as_ref());
+        let next = Balanced::new(next_table.clone(), current.as_ref(), SECOND, HealthPolicy::default());
+        let want: std::collections::BTreeSet<SocketAddr> = backends.iter().flatten().copied().collect();
+        let have: std::collections::BTreeSet<SocketAddr> = next.stats.keys().copied().collect();
+        assert_eq!(have, want, "generation {generation}");
+        for i in 0..backends.len() {
+            let b = next.backends.get(&backend(i)).unwrap();
+            for (a, s) in b.set.addrs.iter().zip(&b.stats) {
+                assert!(Arc::ptr_eq(next.stats(a).unwrap(), s), "generation {generation}");
+            }
+            assert_eq!(b.stats.len(), b.set.addrs.len());
+        }
+        if let Some(prev) = &current {
+            for a in want.iter().filter(|a| prev.stats(a).is_some()) {
+                assert!(
+                    Arc::ptr_eq(prev.stats(a).unwrap(), next.stats(a).unwrap()),
+                    "generation {generation}"
+                );
+            }
+        }
+        table = Some(next_table);
+        current = Some(next);
+    }
+}

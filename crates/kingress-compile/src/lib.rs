@@ -11,10 +11,12 @@
 //! # Layout
 //! - [`class`]: which Ingresses are ours (spec.ingressClassName, the legacy annotation,
 //!   the default IngressClass, `--watch-ingress-without-class`).
-//! - [`routes`]: Ingresses and Services into a [`Config`].
+//! - [`routes`]: Ingresses and Services into a [`Config`]; [`RouteCache`] reuses each
+//!   unchanged Ingress's own compile between compiles.
 //! - [`policy`]: balancing and retry settings from the ConfigMap and annotations.
 //! - [`endpoints`]: Services and EndpointSlices into an [`EndpointTable`]; kept apart so
-//!   endpoint churn is compiled (and published) without touching the routes.
+//!   endpoint churn is compiled (and published) without touching the routes;
+//!   [`EndpointCache`] recompiles only the Services whose objects changed.
 //! - [`l4`]: ServiceLB ports, tcp/udp-services and SSL passthrough hosts into an
 //!   [`L4Table`](kingress_model::L4Table).
 
@@ -28,13 +30,14 @@ mod validate;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kingress_model::{Config, Diagnostic, EndpointTable, ObjectRef};
 
 pub use class::ClassOptions;
-pub use endpoints::compile_endpoints;
+pub use endpoints::{EndpointCache, compile_endpoints};
 pub use l4::{L4Options, compile_l4};
 pub use policy::{ANNOTATION_PREFIX, PolicyDefaults, parse_config_map_ref};
-pub use routes::compile_routes;
+pub use routes::{RouteCache, compile_routes};
 
 /// The Kubernetes objects kingress reads, as the sources decoded them. Order does not
 /// matter: compile sorts what it needs to be deterministic.
@@ -104,8 +107,49 @@ pub fn ours_oldest_first<'a>(snapshot: &'a Snapshot, class: &ClassOptions) -> Ve
     ingresses
 }
 
+/// An object's identity within its kind: its namespace and name as written (empty when
+/// missing). Watch events name objects this way; incremental compiles key on it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    pub fn of(meta: &ObjectMeta) -> Self {
+        Self::new(
+            meta.namespace.clone().unwrap_or_default(),
+            meta.name.clone().unwrap_or_default(),
+        )
+    }
+
+    /// Orders metadata as `ObjectKey::of` would, without building the keys.
+    pub fn cmp_meta(a: &ObjectMeta, b: &ObjectMeta) -> std::cmp::Ordering {
+        meta_key(a).cmp(&meta_key(b))
+    }
+
+    /// Orders an object's metadata against this key.
+    pub fn cmp_to(&self, meta: &ObjectMeta) -> std::cmp::Ordering {
+        (self.namespace.as_str(), self.name.as_str()).cmp(&meta_key(meta))
+    }
+}
+
+fn meta_key(meta: &ObjectMeta) -> (&str, &str) {
+    (
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default(),
+    )
+}
+
 /// `Kind namespace/name` of an object's metadata; a missing name reads `<unnamed>`.
-pub(crate) fn object_ref(kind: &str, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectRef {
+pub(crate) fn object_ref(kind: &str, meta: &ObjectMeta) -> ObjectRef {
     ObjectRef::new(
         kind,
         meta.namespace.clone().unwrap_or_default(),
@@ -116,7 +160,7 @@ pub(crate) fn object_ref(kind: &str, meta: &k8s_openapi::apimachinery::pkg::apis
 /// The namespace objects without one live in, as `kubectl apply` would place them.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-pub(crate) fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
+pub(crate) fn namespace_of(meta: &ObjectMeta) -> &str {
     meta.namespace
         .as_deref()
         .filter(|n| !n.is_empty())

@@ -774,3 +774,307 @@ fn backend_protocol_annotation() {
         c.diagnostics
     );
 }
+
+/// The endpoint cache after a sequence of changes equals a full compile of the objects
+/// it ends with, at every step, and keeps the `Arc` of every backend it did not touch.
+#[test]
+fn incremental_endpoints_equal_a_full_compile() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    #[derive(Default)]
+    struct World {
+        services: BTreeMap<ObjectKey, Service>,
+        slices: BTreeMap<ObjectKey, EndpointSlice>,
+        cache: EndpointCache,
+    }
+    impl World {
+        fn service(&mut self, name: &str, svc: Option<Service>) {
+            let key = ObjectKey::new("default", name);
+            self.cache.set_service(&key, svc.as_ref());
+            match svc {
+                Some(s) => self.services.insert(key, s),
+                None => self.services.remove(&key),
+            };
+        }
+        fn slice(&mut self, name: &str, slice: Option<EndpointSlice>) {
+            let key = ObjectKey::new("default", name);
+            self.cache.set_slice(&key, slice.as_ref());
+            match slice {
+                Some(s) => self.slices.insert(key, s),
+                None => self.slices.remove(&key),
+            };
+        }
+        /// Checks the cache against a full compile and returns its table.
+        fn check(&mut self, step: &str) -> kingress_model::EndpointTable {
+            let snapshot = Snapshot {
+                services: self.services.values().cloned().collect(),
+                endpoint_slices: self.slices.values().cloned().collect(),
+                ..Default::default()
+            };
+            let (full, full_diags) = compile_endpoints(&snapshot);
+            let table = self.cache.table().clone();
+            assert_eq!(table, full, "{step}");
+            assert_eq!(self.cache.diagnostics(), full_diags, "{step}");
+            table
+        }
+    }
+    // A UDP port too: whatever the table makes of it, both paths must agree.
+    let http = |name: &str| {
+        service(
+            name,
+            json!([{"name": "http", "port": 80}, {"name": "admin", "port": 9000},
+                {"name": "dns", "port": 53, "protocol": "UDP"}]),
+        )
+    };
+    let eps = |name: &str, svc: &str, ips: &[&str]| {
+        let endpoints: Vec<Value> = ips.iter().map(|ip| json!({"addresses": [ip]})).collect();
+        let ports = json!([{"name": "http", "port": 8080}, {"name": "dns", "port": 5353, "protocol": "UDP"}]);
+        slice(name, svc, ports, json!(endpoints))
+    };
+    let addrs = |t: &kingress_model::EndpointTable, svc: &str, port: &str| -> Option<Vec<String>> {
+        t.get(&BackendId::new("default", svc, port))
+            .map(|s| s.addrs.iter().map(|a| a.to_string()).collect())
+    };
+
+    let mut w = World::default();
+    w.service("a", Some(http("a")));
+    w.service("b", Some(http("b")));
+    w.slice("a-1", Some(eps("a-1", "a", &["10.0.0.1", "10.0.0.2"])));
+    w.slice("a-2", Some(eps("a-2", "a", &["10.0.0.3"])));
+    w.slice("b-1", Some(eps("b-1", "b", &["10.0.1.1"])));
+    let t1 = w.check("initial");
+    assert_eq!(
+        addrs(&t1, "a", "80").unwrap(),
+        ["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"]
+    );
+    assert_eq!(
+        addrs(&t1, "a", "9000"),
+        Some(vec![]),
+        "a port with no slice port is empty, not absent"
+    );
+
+    w.slice("a-1", Some(eps("a-1", "a", &["10.0.0.4"])));
+    let t2 = w.check("a slice modified");
+    assert_eq!(addrs(&t2, "a", "80").unwrap(), ["10.0.0.3:8080", "10.0.0.4:8080"]);
+    let same = |x: &kingress_model::EndpointTable, y: &kingress_model::EndpointTable, svc: &str, port: &str| {
+        let id = BackendId::new("default", svc, port);
+        matches!((x.get(&id), y.get(&id)), (Some(p), Some(q)) if Arc::ptr_eq(p, q))
+    };
+    assert!(same(&t1, &t2, "b", "80"), "an untouched Service keeps its Arc");
+    assert!(
+        same(&t1, &t2, "a", "9000"),
+        "an unchanged port of a touched Service too"
+    );
+    assert!(!same(&t1, &t2, "a", "80"));
+
+    w.slice("a-2", Some(eps("a-2", "b", &["10.0.0.3"])));
+    let t3 = w.check("a slice relabelled to another Service");
+    assert_eq!(addrs(&t3, "a", "80").unwrap(), ["10.0.0.4:8080"]);
+    assert_eq!(addrs(&t3, "b", "80").unwrap(), ["10.0.0.3:8080", "10.0.1.1:8080"]);
+
+    w.slice("b-1", None);
+    let t4 = w.check("a slice deleted");
+    assert_eq!(addrs(&t4, "b", "80").unwrap(), ["10.0.0.3:8080"]);
+
+    w.service("a", None);
+    let t5 = w.check("a Service deleted, its slices stay");
+    assert_eq!(addrs(&t5, "a", "80"), None);
+    w.service("a", Some(service("a", json!([{"name": "http", "port": 8081}]))));
+    let t6 = w.check("the Service is back on another port");
+    assert_eq!(addrs(&t6, "a", "80"), None);
+    assert_eq!(addrs(&t6, "a", "8081").unwrap(), ["10.0.0.4:8080"]);
+
+    let bad = slice(
+        "b-bad",
+        "b",
+        json!([{"name": "http", "port": 8080}]),
+        json!([{"addresses": ["not-an-ip"]}]),
+    );
+    w.slice("b-bad", Some(bad));
+    w.check("an invalid slice");
+    assert_eq!(w.cache.diagnostics().len(), 1);
+    w.slice("b-bad", None);
+    w.check("the invalid slice deleted");
+    assert!(w.cache.diagnostics().is_empty());
+
+    w.slice("c-1", Some(eps("c-1", "c", &["10.0.2.1"])));
+    assert_eq!(addrs(&w.check("a slice before its Service"), "c", "80"), None);
+    w.service("c", Some(http("c")));
+    assert_eq!(
+        addrs(&w.check("the Service arrives"), "c", "80").unwrap(),
+        ["10.0.2.1:8080"]
+    );
+
+    let mut external = http("b");
+    if let Some(spec) = external.spec.as_mut() {
+        spec.type_ = Some("ExternalName".into());
+        spec.external_name = Some("example.com".into());
+    }
+    w.service("b", Some(external));
+    assert_eq!(addrs(&w.check("b becomes ExternalName"), "b", "80"), None);
+    let invalid = service("c", json!([{"name": "http", "port": 0}]));
+    w.service("c", Some(invalid));
+    assert_eq!(addrs(&w.check("c becomes invalid"), "c", "80"), None);
+    w.slice("c-1", None);
+    w.service("c", None);
+    w.check("c gone");
+}
+
+/// Everything a routing table answers, in a fixed order, for comparing two tables.
+#[allow(clippy::type_complexity)]
+fn dump(
+    c: &kingress_model::Config,
+) -> (
+    Option<String>,
+    Vec<(
+        String,
+        Option<kingress_model::Route>,
+        Vec<(String, kingress_model::PathType, kingress_model::Route)>,
+    )>,
+) {
+    let servers = c
+        .servers()
+        .into_iter()
+        .map(|(host, s)| {
+            let mut paths: Vec<_> = s
+                .paths
+                .entries()
+                .into_iter()
+                .map(|(p, t, r)| (p.to_string(), t, (**r).clone()))
+                .collect();
+            paths.sort_by(|a, b| (&a.0, a.1.as_str()).cmp(&(&b.0, b.1.as_str())));
+            (host, s.default_backend.as_ref().map(|r| (**r).clone()), paths)
+        })
+        .collect();
+    (c.hsts().map(|h| h.to_string()), servers)
+}
+
+/// The route cache over a sequence of Ingress changes gives, at every step, the table
+/// and the diagnostics (same order) of a full compile, while reusing the Ingresses whose
+/// resourceVersion did not change.
+#[test]
+fn incremental_routes_equal_a_full_compile() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    let versioned = |name: &str, rv: u32, created: &str, spec: Value| {
+        ingress_with(
+            name,
+            json!({"resourceVersion": rv.to_string(), "creationTimestamp": created}),
+            spec,
+        )
+    };
+    let rules = |host: &str, paths: Vec<Value>| json!({"ingressClassName": "kingress", "rules": [{"host": host, "http": {"paths": paths}}]});
+    let mut ingresses: BTreeMap<&str, Ingress> = BTreeMap::new();
+    ingresses.insert(
+        "old",
+        versioned(
+            "old",
+            1,
+            "2024-01-01T00:00:00Z",
+            rules("shop.com", vec![path("/", "Prefix", "a"), path("/cart", "Exact", "a")]),
+        ),
+    );
+    ingresses.insert(
+        "new",
+        versioned(
+            "new",
+            2,
+            "2025-01-01T00:00:00Z",
+            rules("shop.com", vec![path("/", "Prefix", "b"), path("/api", "Prefix", "b")]),
+        ),
+    );
+    ingresses.insert(
+        "other",
+        versioned(
+            "other",
+            3,
+            "2025-02-01T00:00:00Z",
+            rules("other.com", vec![path("/", "Prefix", "missing")]),
+        ),
+    );
+    let options = CompileOptions::default();
+    let mut cache = RouteCache::new();
+    let mut services = vec!["a", "b"];
+    let check = |cache: &mut RouteCache, ingresses: &BTreeMap<&str, Ingress>, services: &[&str], step: &str| {
+        let s = snapshot(ingresses.values().cloned().collect(), services);
+        let (full, full_diags) = compile_routes(&s, &options);
+        let (incremental, diags) = cache.compile(&s, &options);
+        assert_eq!(dump(&incremental), dump(&full), "{step}");
+        assert_eq!(diags, full_diags, "{step}");
+        incremental
+    };
+    let first = check(&mut cache, &ingresses, &services, "initial");
+    assert_eq!(
+        first.lookup(Some("shop.com"), "/").map(|r| r.backend.to_string()),
+        Some("default/a:80".to_string())
+    );
+
+    // Only "new" changes: "other"'s routes are the same Arcs.
+    ingresses.insert(
+        "new",
+        versioned(
+            "new",
+            4,
+            "2025-01-01T00:00:00Z",
+            rules("shop.com", vec![path("/", "Prefix", "b"), path("/v2", "Prefix", "b")]),
+        ),
+    );
+    let second = check(&mut cache, &ingresses, &services, "a younger Ingress changed");
+    let other = |c: &kingress_model::Config| c.lookup(Some("other.com"), "/").cloned();
+    assert!(matches!((other(&first), other(&second)), (Some(x), Some(y)) if Arc::ptr_eq(&x, &y)));
+    let api = second.lookup(Some("shop.com"), "/api").map(|r| r.source.path.clone());
+    assert_eq!(
+        api.as_deref(),
+        Some("/"),
+        "the removed /api path falls back to the older /"
+    );
+
+    ingresses.remove("old");
+    let third = check(&mut cache, &ingresses, &services, "the older owner deleted");
+    assert_eq!(
+        third.lookup(Some("shop.com"), "/").map(|r| r.backend.to_string()),
+        Some("default/b:80".to_string()),
+        "the younger Ingress gets the path"
+    );
+
+    // TLS on one Ingress changes the redirects of another's routes on that host.
+    let mut tls = rules("shop.com", vec![path("/tls", "Prefix", "a")]);
+    tls["tls"] = json!([{"hosts": ["shop.com"], "secretName": "cert"}]);
+    ingresses.insert("secure", versioned("secure", 5, "2025-03-01T00:00:00Z", tls));
+    let fourth = check(&mut cache, &ingresses, &services, "a TLS host added");
+    assert!(fourth.lookup(Some("shop.com"), "/").is_some_and(|r| r.https_redirect));
+
+    ingresses.insert(
+        "new",
+        versioned(
+            "new",
+            6,
+            "2025-01-01T00:00:00Z",
+            rules("shop.com", vec![path("no-slash", "Prefix", "b")]),
+        ),
+    );
+    check(&mut cache, &ingresses, &services, "an Ingress made invalid");
+
+    // Services: announced with invalidate().
+    services.push("missing");
+    cache.invalidate();
+    check(&mut cache, &ingresses, &services, "a Service added");
+
+    // Without a resourceVersion an Ingress is compiled every time.
+    let mut plain = ingress("plain", rules("plain.com", vec![path("/", "Prefix", "a")]));
+    ingresses.insert("plain", plain.clone());
+    check(&mut cache, &ingresses, &services, "an Ingress without resourceVersion");
+    if let Some(spec) = plain.spec.as_mut() {
+        spec.ingress_class_name = Some("someone-else".into());
+    }
+    ingresses.insert("plain", plain);
+    let last = check(
+        &mut cache,
+        &ingresses,
+        &services,
+        "no longer ours, without resourceVersion",
+    );
+    assert!(last.lookup(Some("plain.com"), "/").is_none());
+}

@@ -213,6 +213,7 @@ pub(crate) struct ValidServicePort {
     pub protocol: Protocol,
 }
 
+#[derive(Debug)]
 pub(crate) struct ValidService {
     pub ports: Vec<ValidServicePort>,
     /// `spec.type: ExternalName`: no endpoints of its own.

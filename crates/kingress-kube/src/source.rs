@@ -1,12 +1,13 @@
 //! The API server as a source of [`Snapshot`]s.
 //!
-//! One watcher and reflector store per kind. Each watch event marks its kind dirty and
-//! wakes the publisher, which waits until every kind has listed once, then reads only the
-//! dirty kinds from the stores and hands them to the controller as an
+//! One watcher and reflector store per kind. Each watch event records the object it
+//! names and wakes the publisher, which waits until every kind has listed once, then
+//! reads only the changed objects from the stores and hands them to the controller as an
 //! [`Update`](kingress_sources::Update) (it recompiles only what they affect: an
-//! EndpointSlice event never recompiles routes, and unchanged kinds are neither cloned
-//! nor compared). A burst of events
-//! within [`KubeOptions::coalesce`] is published once.
+//! EndpointSlice event never recompiles routes and recompiles the endpoints of one
+//! Service; unchanged objects are neither cloned nor compared). The first list and a
+//! relist send their whole kind. A burst of events within [`KubeOptions::coalesce`] is
+//! published once.
 //!
 //! Failure handling is kube-runtime's, configured as a production controller needs it:
 //! watches resume from their last resourceVersion, bookmarks keep that version fresh, a
@@ -15,18 +16,19 @@
 //! their last state while the API server is unreachable, so the last good configuration
 //! keeps serving.
 
+use std::collections::BTreeSet;
 use std::fmt::Debug;
 use std::hash::Hash;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
-use kingress_sources::Update;
-use kube::runtime::reflector::{self, Store};
+use kingress_compile::ObjectKey;
+use kingress_sources::{Change, Update};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use tokio::sync::Notify;
@@ -57,25 +59,67 @@ impl Default for KubeOptions {
     }
 }
 
-const CLASSES: u8 = 1;
-const INGRESSES: u8 = 1 << 1;
-const SERVICES: u8 = 1 << 2;
-const SLICES: u8 = 1 << 3;
-const SECRETS: u8 = 1 << 4;
-const CONFIG_MAPS: u8 = 1 << 5;
-const ALL: u8 = CLASSES | INGRESSES | SERVICES | SLICES | SECRETS | CONFIG_MAPS;
+const CLASSES: usize = 0;
+const INGRESSES: usize = 1;
+const SERVICES: usize = 2;
+const SLICES: usize = 3;
+const SECRETS: usize = 4;
+const CONFIG_MAPS: usize = 5;
+const KINDS: usize = 6;
+
+/// What changed in one kind since the last publish.
+#[derive(Clone, Debug, Default)]
+struct Pending {
+    /// The whole kind: the first list, or a relist.
+    all: bool,
+    /// Otherwise the objects that changed, read from the store when published.
+    keys: BTreeSet<ObjectKey>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        !self.all && self.keys.is_empty()
+    }
+}
 
 /// Set by the watchers, taken by the publisher.
 #[derive(Default)]
 struct Dirty {
-    parts: AtomicU8,
+    kinds: Mutex<[Pending; KINDS]>,
     notify: Notify,
 }
 
 impl Dirty {
-    fn mark(&self, part: u8) {
-        self.parts.fetch_or(part, Ordering::AcqRel);
+    /// `key` changed in `kind` (`None`: the whole kind).
+    fn mark(&self, kind: usize, key: Option<ObjectKey>) {
+        if let Ok(mut kinds) = self.kinds.lock()
+            && let Some(p) = kinds.get_mut(kind)
+        {
+            match key {
+                Some(k) if !p.all => {
+                    p.keys.insert(k);
+                }
+                Some(_) => {}
+                None => {
+                    p.all = true;
+                    p.keys.clear();
+                }
+            }
+        }
         self.notify.notify_one();
+    }
+
+    fn mark_all(&self) {
+        for kind in 0..KINDS {
+            self.mark(kind, None);
+        }
+    }
+
+    fn take(&self) -> [Pending; KINDS] {
+        self.kinds
+            .lock()
+            .map(|mut k| std::mem::take(&mut *k))
+            .unwrap_or_default()
     }
 }
 
@@ -192,7 +236,7 @@ where
 fn spawn_watch<K>(
     api: Api<K>,
     config: watcher::Config,
-    part: u8,
+    part: usize,
     dirty: &Arc<Dirty>,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> Store<K>
@@ -218,12 +262,20 @@ where
         let mut failing = false;
         while let Some(event) = stream.next().await {
             match event {
-                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) => {
+                Ok(
+                    event @ (watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone),
+                ) => {
                     if failing {
                         tracing::info!(%kind, "watch resumed");
                         failing = false;
                     }
-                    dirty.mark(part);
+                    // The reflector has already stored the change: the publisher reads
+                    // the object's current state from the store.
+                    let key = match &event {
+                        watcher::Event::Apply(o) | watcher::Event::Delete(o) => Some(ObjectKey::of(o.meta())),
+                        _ => None,
+                    };
+                    dirty.mark(part, key);
                 }
                 Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
                 Err(e) => {
@@ -264,11 +316,21 @@ async fn publish(
         return;
     }
     tracing::info!("initial sync from the API server complete");
-    dirty.parts.fetch_or(ALL, Ordering::AcqRel);
+    dirty.mark_all();
     loop {
-        let parts = dirty.parts.swap(0, Ordering::AcqRel);
-        if parts != 0 {
-            let update = changed_parts(&stores, parts);
+        let pending = dirty.take();
+        if pending.iter().any(|p| !p.is_empty()) {
+            tracing::debug!(
+                // Bit i: kind i (classes, ingresses, services, slices, secrets, config maps).
+                whole_kinds = pending
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.all)
+                    .fold(0u8, |bits, (i, _)| bits | (1 << i)),
+                objects = pending.iter().map(|p| p.keys.len()).sum::<usize>(),
+                "reading the changes from the stores"
+            );
+            let update = changed_parts(&stores, pending);
             let apply = apply.clone();
             if tokio::task::spawn_blocking(move || apply(update)).await.is_err() {
                 tracing::error!("applying a snapshot panicked");
@@ -281,17 +343,48 @@ async fn publish(
     }
 }
 
-/// The dirty kinds, read from the stores, sorted by namespace/name.
-fn changed_parts(stores: &Stores, parts: u8) -> Update {
-    let pick = |bit: u8| parts & bit != 0;
+/// The changed objects (or whole kinds, sorted by [`ObjectKey`]), read from the stores.
+fn changed_parts(stores: &Stores, pending: [Pending; KINDS]) -> Update {
+    let [classes, ingresses, services, slices, secrets, config_maps] = pending;
     Update {
-        ingress_classes: pick(CLASSES).then(|| sorted(&stores.ingress_classes)),
-        ingresses: pick(INGRESSES).then(|| sorted(&stores.ingresses)),
-        services: pick(SERVICES).then(|| sorted(&stores.services)),
-        endpoint_slices: pick(SLICES).then(|| sorted(&stores.endpoint_slices)),
-        secrets: pick(SECRETS).then(|| sorted(&stores.secrets)),
-        config_maps: pick(CONFIG_MAPS).then(|| stores.config_maps.iter().flat_map(sorted).collect()),
+        ingress_classes: change(&stores.ingress_classes, classes),
+        ingresses: change(&stores.ingresses, ingresses),
+        services: change(&stores.services, services),
+        endpoint_slices: change(&stores.endpoint_slices, slices),
+        secrets: change(&stores.secrets, secrets),
+        // A handful of ConfigMaps, each in a store of its own: any change sends them all.
+        config_maps: (!config_maps.is_empty()).then(|| {
+            let mut all: Vec<Arc<ConfigMap>> = stores.config_maps.iter().flat_map(|s| s.state()).collect();
+            all.sort_unstable_by(|a, b| ObjectKey::cmp_meta(a.meta(), b.meta()));
+            Change::All(all.iter().map(|o| ConfigMap::clone(o)).collect())
+        }),
     }
+}
+
+fn change<K>(store: &Store<K>, pending: Pending) -> Option<Change<K>>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone,
+{
+    if pending.all {
+        return Some(Change::All(sorted(store)));
+    }
+    if pending.keys.is_empty() {
+        return None;
+    }
+    let objects = pending
+        .keys
+        .into_iter()
+        .map(|key| {
+            let mut at = ObjectRef::<K>::new(&key.name);
+            if !key.namespace.is_empty() {
+                at = at.within(&key.namespace);
+            }
+            let now = store.get(&at).map(|o| K::clone(&o));
+            (key, now)
+        })
+        .collect();
+    Some(Change::Objects(objects))
 }
 
 fn sorted<K>(store: &Store<K>) -> Vec<K>
@@ -302,9 +395,6 @@ where
     let mut objects: Vec<Arc<K>> = store.state();
     // Compare borrowed fields: a key that builds Strings allocated on every comparison
     // (a third of a route change's time at 10,000 Ingresses).
-    objects.sort_unstable_by(|a, b| {
-        let (a, b) = (a.meta(), b.meta());
-        a.namespace.cmp(&b.namespace).then_with(|| a.name.cmp(&b.name))
-    });
+    objects.sort_unstable_by(|a, b| ObjectKey::cmp_meta(a.meta(), b.meta()));
     objects.iter().map(|o| K::clone(o)).collect()
 }

@@ -49,6 +49,16 @@ impl EndpointTable {
         self.backends.insert(id, Arc::new(set));
     }
 
+    /// Inserts a set that may be shared with other tables: an incremental rebuild keeps
+    /// the `Arc` of an unchanged backend, so the balancer can tell it is unchanged.
+    pub fn insert_shared(&mut self, id: BackendId, set: Arc<EndpointSet>) {
+        self.backends.insert(id, set);
+    }
+
+    pub fn remove(&mut self, id: &BackendId) -> Option<Arc<EndpointSet>> {
+        self.backends.remove(id)
+    }
+
     pub fn get(&self, id: &BackendId) -> Option<&Arc<EndpointSet>> {
         self.backends.get(id)
     }

@@ -18,4 +18,4 @@ pub mod update;
 pub use decode::Object;
 pub use kingress_compile::Snapshot;
 pub use manifests::{FolderWatcher, ManifestFolder, Scan};
-pub use update::Update;
+pub use update::{Change, Update};

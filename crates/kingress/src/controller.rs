@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use kingress_compile::{CompileOptions, Snapshot, compile_endpoints, compile_l4, compile_routes};
+use kingress_compile::{CompileOptions, EndpointCache, RouteCache, Snapshot, compile_l4};
 use kingress_model::Diagnostic;
 use kingress_proxy::Tables;
 use kingress_proxy::l4::L4Manager;
@@ -34,6 +34,10 @@ pub struct CertCompiler {
 #[derive(Default)]
 struct Applied {
     snapshot: Option<Snapshot>,
+    /// The endpoint table, recompiled per changed Service (see [`EndpointCache`]).
+    endpoints: EndpointCache,
+    /// The routing table, recompiled per changed Ingress (see [`RouteCache`]).
+    routes: RouteCache,
     route_diagnostics: Vec<Diagnostic>,
     endpoint_diagnostics: Vec<Diagnostic>,
     l4_diagnostics: Vec<Diagnostic>,
@@ -124,12 +128,18 @@ impl Controller {
                     || old.secrets != new.secrets,
             },
         };
+        if affects.endpoints {
+            applied.endpoints = EndpointCache::from_snapshot(&new);
+        }
+        applied.routes.invalidate();
         applied.snapshot = Some(new);
         self.compile_and_publish(&mut applied, affects, scan.diagnostics, started);
     }
 
-    /// Applies the replaced parts of the snapshot a watch-based source sends: no clone or
-    /// comparison of the kinds that did not change.
+    /// Applies the changed parts of the snapshot a watch-based source sends: no clone or
+    /// comparison of what did not change, and the endpoints of the changed Services only.
+    /// Its lists are kept in [`kingress_compile::ObjectKey`] order, which the first update
+    /// (every kind whole) sets up.
     pub fn apply_update(&self, update: Update) {
         let started = Instant::now();
         let Ok(mut applied) = self.applied.lock() else {
@@ -144,7 +154,15 @@ impl Controller {
                 certificates: true,
             };
         }
-        update.apply_to(applied.snapshot.get_or_insert_with(Snapshot::default));
+        let fed = !first && update.update_endpoints(&mut applied.endpoints);
+        if update.services.is_some() || update.config_maps.is_some() {
+            applied.routes.invalidate();
+        }
+        let snapshot = applied.snapshot.get_or_insert_with(Snapshot::default);
+        update.apply_to(snapshot);
+        if affects.endpoints && !fed {
+            applied.endpoints = EndpointCache::from_snapshot(snapshot);
+        }
         self.compile_and_publish(&mut applied, affects, Vec::new(), started);
     }
 
@@ -166,12 +184,11 @@ impl Controller {
             applied.cert_diagnostics = diags;
         }
         if endpoints_changed {
-            let (table, diags) = compile_endpoints(new);
-            self.tables.publish_endpoints(table);
-            applied.endpoint_diagnostics = diags;
+            self.tables.publish_endpoints(applied.endpoints.table().clone());
+            applied.endpoint_diagnostics = applied.endpoints.diagnostics();
         }
         if routes_changed {
-            let (config, diags) = compile_routes(new, &self.options);
+            let (config, diags) = applied.routes.compile(new, &self.options);
             tracing::debug!(routes = config.route_count(), "routing table compiled");
             self.tables.publish_config(config);
             applied.route_diagnostics = diags;
