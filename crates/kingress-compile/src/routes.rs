@@ -144,14 +144,22 @@ impl ServiceIndex {
     }
 }
 
+impl Context {
+    /// A routing table builder with the controller-wide settings (HSTS, PROXY protocol).
+    fn builder(&self) -> ConfigBuilder {
+        let mut builder = ConfigBuilder::new();
+        builder.set_hsts(self.settings.hsts.clone());
+        builder.set_use_proxy_protocol(self.settings.use_proxy_protocol);
+        builder
+    }
+}
+
 /// Builds the routing table from the Ingresses of our class.
 pub fn compile_routes(snapshot: &Snapshot, options: &CompileOptions) -> (Config, Vec<Diagnostic>) {
     let ingresses = ours_oldest_first(snapshot, &options.class);
     let context = Context::build(snapshot, options, TlsHosts::of(&ingresses));
     let mut diagnostics = context.diagnostics.clone();
-    let mut builder = ConfigBuilder::new();
-    builder.set_hsts(context.settings.hsts.clone());
-    builder.set_use_proxy_protocol(context.settings.use_proxy_protocol);
+    let mut builder = context.builder();
     for ing in ingresses {
         assemble(&mut builder, &prepare(ing, &context, ""), &mut diagnostics);
     }
@@ -260,8 +268,7 @@ impl RouteCache {
             }
         };
         let mut diagnostics = context.diagnostics.clone();
-        let mut builder = ConfigBuilder::new();
-        builder.set_hsts(context.settings.hsts.clone());
+        let mut builder = context.builder();
         for ing in ingresses {
             let namespace = namespace_of(&ing.metadata);
             let name = ing.metadata.name.as_deref().unwrap_or_default();
