@@ -265,7 +265,10 @@ mod tests {
             Route::NotFound
         );
         assert_eq!(route("/api/v1/namespaces/default"), Route::NotFound);
-        assert_eq!(route("/api/v1/pods"), Route::NotFound);
+        assert_eq!(route("/api/v1/replicationcontrollers"), Route::NotFound);
+        // Pods and Nodes are served (ServiceLB status finds the nodes kingress runs on).
+        assert_eq!(RESOURCES[target("/api/v1/pods").res].kind, "Pod");
+        assert_eq!(RESOURCES[target("/api/v1/nodes/n1").res].kind, "Node");
         assert_eq!(route("/version"), Route::Version);
         assert_eq!(route("/apis/"), Route::Groups);
         let ev = by_kind("events.k8s.io/v1", "Event").unwrap();
