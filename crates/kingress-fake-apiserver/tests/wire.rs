@@ -93,7 +93,7 @@ async fn list_get_and_error_shapes() {
             "details": {"name": "nope", "group": "", "kind": "configmaps"}, "code": 404
         })
     );
-    let (status, err) = request(&server, "GET", "/api/v1/pods", None).await;
+    let (status, err) = request(&server, "GET", "/api/v1/replicationcontrollers", None).await;
     assert_eq!((status, err["reason"].as_str()), (404, Some("NotFound")));
     let (status, err) = request(
         &server,
