@@ -99,8 +99,16 @@ impl Controller {
         &self.tls.store
     }
 
+    /// The current diagnostics: the last publish's, and the L4 ports that cannot be
+    /// bound right now.
     pub fn diagnostics(&self) -> Vec<Diagnostic> {
-        self.diagnostics.lock().map(|d| d.clone()).unwrap_or_default()
+        let mut all = self.diagnostics.lock().map(|d| d.clone()).unwrap_or_default();
+        if let Some(manager) = self.l4() {
+            all.extend(manager.failures());
+            all.sort();
+            all.dedup();
+        }
+        all
     }
 
     /// Compiles and publishes a scan (a whole snapshot: what changed is found by
@@ -194,20 +202,24 @@ impl Controller {
             applied.route_diagnostics = diags;
             // The L4 table reads the same kinds as the routes (Services, ConfigMaps,
             // Ingresses for passthrough); its endpoints are in the endpoint table above.
-            let (l4, mut diags) = compile_l4(new, &self.options);
+            let (l4, diags) = compile_l4(new, &self.options);
             self.tables.publish_l4(l4);
-            let manager = self.l4.lock().ok().and_then(|m| m.clone());
-            if let Some(manager) = manager {
-                diags.extend(manager.apply());
+            if let Some(manager) = self.l4() {
+                // Binds before ready; ports that cannot be bound are read below.
+                let _ = manager.apply();
             }
             applied.l4_diagnostics = diags;
         }
+        // Ports that cannot be bound now: the manager retries them on its own, so they are
+        // read live (here for logs and Events, in `diagnostics()` for /debug/config).
+        let bind_failures = self.l4().map(|m| m.failures()).unwrap_or_default();
         let (config_gen, endpoints_gen) = self.tables.generations();
 
         let mut all: BTreeSet<Diagnostic> = source_diagnostics.into_iter().collect();
         all.extend(applied.route_diagnostics.iter().cloned());
         all.extend(applied.endpoint_diagnostics.iter().cloned());
         all.extend(applied.l4_diagnostics.iter().cloned());
+        all.extend(bind_failures.iter().cloned());
         all.extend(applied.cert_diagnostics.iter().cloned());
         let new: Vec<Diagnostic> = all.difference(&applied.reported).cloned().collect();
         for d in &new {
@@ -222,7 +234,7 @@ impl Controller {
             tracing::info!(subject = %d.subject, "resolved: {d}");
         }
         if let Ok(mut current) = self.diagnostics.lock() {
-            *current = all.iter().cloned().collect();
+            *current = all.iter().filter(|d| !bind_failures.contains(d)).cloned().collect();
         }
         let count = all.len();
         applied.reported = all;

@@ -238,6 +238,10 @@ async fn a_port_in_use_is_a_diagnostic_then_bound_once_free() {
         greet(port).await.filter(|(n, _)| n == "app").map(|_| ())
     })
     .await;
+    // The diagnostic is gone once the port is bound.
+    let config = env.debug_config().await;
+    let diags: Vec<String> = serde_json::from_value(config["diagnostics"].clone()).unwrap();
+    assert!(!diags.iter().any(|d| d.contains("cannot be bound")), "{diags:?}");
     env.gateway.shutdown().await;
 }
 
