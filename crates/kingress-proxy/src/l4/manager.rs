@@ -476,6 +476,8 @@ fn bind_tcp(addr: SocketAddr) -> io::Result<StdTcpListener> {
     socket.set_reuse_address(true)?;
     dual_stack(&socket, addr.ip());
     socket.set_nonblocking(true)?;
+    // Inherited by every accepted connection (see `tcp::serve`).
+    tcp::tune_listener(&socket);
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())

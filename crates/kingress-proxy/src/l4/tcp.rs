@@ -4,8 +4,9 @@
 //!   by the connect timeout, a failed one counted against its endpoint (passive ejection)
 //!   and the next endpoint tried, up to the configured tries.
 //! - [`relay`]: bytes both ways until both directions end. On Linux the bytes go
-//!   socket → pipe → socket with splice(2) and never enter our memory; where a pipe cannot
-//!   be made it falls back to a 64 KiB userspace copy. An EOF from one side becomes a
+//!   socket → pipe → socket with splice(2) and never enter our memory, once a direction
+//!   has moved [`COPY_FIRST`] bytes: before that (and where a pipe cannot be made) they
+//!   are copied through a userspace buffer, so that a short connection makes no pipe. An EOF from one side becomes a
 //!   shutdown(Write) on the other (half-close) while the other direction keeps flowing; a
 //!   reset or error on either side resets both (SO_LINGER 0); no byte either way for the
 //!   idle timeout closes both.
@@ -35,6 +36,11 @@ use crate::state::Tables;
 const CHUNK: usize = 64 * 1024;
 /// The pipe size asked for (the kernel may refuse; the default 64 KiB is then used).
 const PIPE_SIZE: i32 = 256 * 1024;
+/// What a direction copies through userspace before it makes its splice pipe: a short
+/// connection (a request and its answer) then costs no pipe2, fcntl or close.
+pub const COPY_FIRST: u64 = 64 * 1024;
+/// The buffer of one read while a direction copies before splicing.
+const COPY_FIRST_CHUNK: usize = 16 * 1024;
 
 /// TCP keepalive on both sides of a relayed connection: probes after 60 s of silence,
 /// every 10 s, 6 of them (a dead peer is found in about two minutes).
@@ -56,6 +62,14 @@ fn keepalive() -> TcpKeepalive {
 pub fn tune(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
     let _ = SockRef::from(stream).set_tcp_keepalive(&keepalive());
+}
+
+/// TCP_NODELAY and keepalive on a listening socket: Linux copies both into every
+/// accepted socket, so an accepted connection needs no setsockopt of its own. Failures
+/// are ignored, as in [`tune`].
+pub fn tune_listener(socket: &socket2::Socket) {
+    let _ = socket.set_tcp_nodelay(true);
+    let _ = socket.set_tcp_keepalive(&keepalive());
 }
 
 /// Makes the close of `stream` send a RST instead of a FIN (SO_LINGER 0).
@@ -215,8 +229,9 @@ impl Activity {
 /// - No byte either way for `idle` closes both (FIN) and returns an error of kind
 ///   `TimedOut`.
 ///
-/// Uses splice(2) through a pipe per direction (zero copy in userspace); where a pipe
-/// cannot be made, a 64 KiB buffer per direction.
+/// Each direction copies its first [`COPY_FIRST`] bytes through a small userspace
+/// buffer, then splices through a pipe of its own (zero copy in userspace); where a pipe
+/// cannot be made, it keeps copying with a 64 KiB buffer.
 pub async fn relay(client: TcpStream, upstream: TcpStream, idle: Duration) -> io::Result<(u64, u64)> {
     relay_with(client, upstream, idle, RelayMode::Splice).await
 }
@@ -224,8 +239,9 @@ pub async fn relay(client: TcpStream, upstream: TcpStream, idle: Duration) -> io
 /// How [`relay`] moves bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RelayMode {
-    /// splice(2) through a pipe per direction: the bytes stay in the kernel. Falls back
-    /// to `Copy` where a pipe cannot be made.
+    /// splice(2) through a pipe per direction, made once the direction has moved
+    /// [`COPY_FIRST`] bytes (copied before that): the bytes stay in the kernel. Falls
+    /// back to `Copy` where a pipe cannot be made.
     #[default]
     Splice,
     /// A 64 KiB userspace buffer per direction.
@@ -263,13 +279,19 @@ pub async fn relay_with(
 
 /// One direction: `src` to `dst` until EOF (then `dst` is shut down for writing).
 async fn pump(src: &TcpStream, dst: &TcpStream, activity: &Activity, mode: RelayMode) -> io::Result<u64> {
-    let pipe = match mode {
-        RelayMode::Splice => pipe(),
-        RelayMode::Copy => None,
-    };
-    let moved = match pipe {
-        Some((rd, wr, capacity)) => pump_splice(src, dst, &rd, &wr, capacity, activity).await?,
-        None => pump_copy(src, dst, activity).await?,
+    let moved = match mode {
+        RelayMode::Splice => {
+            let first = copy_first(src, dst, activity).await?;
+            match first {
+                // EOF before the threshold: no pipe was ever needed.
+                (n, true) => n,
+                (n, false) => match pipe() {
+                    Some((rd, wr, capacity)) => n + pump_splice(src, dst, &rd, &wr, capacity, activity).await?,
+                    None => n + pump_copy(src, dst, activity).await?,
+                },
+            }
+        }
+        RelayMode::Copy => pump_copy(src, dst, activity).await?,
     };
     match SockRef::from(dst).shutdown(std::net::Shutdown::Write) {
         // The peer may already be gone entirely; the other direction will tell.
@@ -281,8 +303,9 @@ async fn pump(src: &TcpStream, dst: &TcpStream, activity: &Activity, mode: Relay
 /// and its capacity (what one splice may move).
 fn pipe() -> Option<(OwnedFd, OwnedFd, usize)> {
     let (rd, wr) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).ok()?;
-    let _ = nix::fcntl::fcntl(&wr, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
-    let capacity = nix::fcntl::fcntl(&wr, FcntlArg::F_GETPIPE_SZ)
+    // F_SETPIPE_SZ returns the size set; only if it fails is the size asked.
+    let capacity = nix::fcntl::fcntl(&wr, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE))
+        .or_else(|_| nix::fcntl::fcntl(&wr, FcntlArg::F_GETPIPE_SZ))
         .ok()
         .and_then(|c| usize::try_from(c).ok())
         .filter(|c| *c > 0)
@@ -335,6 +358,47 @@ async fn pump_splice(
     }
 }
 
+/// Copies `src` to `dst` through a [`COPY_FIRST_CHUNK`] buffer until [`COPY_FIRST`]
+/// bytes have moved or `src` ends; returns the bytes moved and whether `src` ended. The
+/// buffer is allocated per read, once the socket is readable, so a connection waiting
+/// for bytes holds none.
+async fn copy_first(src: &TcpStream, dst: &TcpStream, activity: &Activity) -> io::Result<(u64, bool)> {
+    let mut total: u64 = 0;
+    while total < COPY_FIRST {
+        let mut buf: Vec<u8> = Vec::new();
+        let n = loop {
+            src.readable().await?;
+            if buf.capacity() == 0 {
+                buf.reserve_exact(COPY_FIRST_CHUNK);
+            }
+            match src.try_read_buf(&mut buf) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        if n == 0 {
+            return Ok((total, true));
+        }
+        activity.touch();
+        let mut data = buf.get(..n).unwrap_or_default();
+        while !data.is_empty() {
+            dst.writable().await?;
+            match dst.try_write(data) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(m) => {
+                    data = data.get(m..).unwrap_or_default();
+                    total += m as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        activity.touch();
+    }
+    Ok((total, false))
+}
+
 async fn pump_copy(src: &TcpStream, dst: &TcpStream, activity: &Activity) -> io::Result<u64> {
     let mut buf = vec![0u8; CHUNK];
     let mut total: u64 = 0;
@@ -376,8 +440,10 @@ pub(crate) struct ConnContext {
 }
 
 /// Serves one accepted connection: route, PROXY in, connect, PROXY out, relay.
+///
+/// The client socket is not tuned here: it inherits TCP_NODELAY and keepalive from its
+/// listener ([`tune_listener`]).
 pub(crate) async fn serve(ctx: &ConnContext, mut client: TcpStream, peer: SocketAddr) {
-    tune(&client);
     // The route of the generation current at accept time.
     let Some(route): Option<Arc<L4Route>> = ctx.tables.l4().port(&ctx.port).cloned() else {
         debug!(port = %ctx.port, %peer, "L4 port no longer in the table; closing");
