@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kingress_model::host::HostPattern;
 use kingress_model::{
     BackendId, Diagnostic, L4Port, L4Protocol, L4Route, L4Source, L4Table, ObjectRef, ProxyVersion, udp_backend,
@@ -130,16 +131,7 @@ pub fn compile_l4(snapshot: &Snapshot, options: &CompileOptions) -> (L4Table, Ve
             .iter()
             .filter(|s| is_service_lb(s, l4.class.as_deref()))
             .collect();
-        lbs.sort_by(|a, b| {
-            let key = |s: &Service| {
-                (
-                    s.metadata.creation_timestamp.clone(),
-                    namespace_of(&s.metadata).to_string(),
-                    s.metadata.name.clone(),
-                )
-            };
-            key(a).cmp(&key(b))
-        });
+        lbs.sort_by(|a, b| claim_order(a).cmp(&claim_order(b)));
         for svc in lbs {
             let namespace = namespace_of(&svc.metadata);
             let name = svc.metadata.name.as_deref().unwrap_or_default();
@@ -191,9 +183,26 @@ pub fn compile_l4(snapshot: &Snapshot, options: &CompileOptions) -> (L4Table, Ve
     }
 
     if any_passthrough {
-        passthrough(snapshot, options, &services, &mut table, &mut diagnostics);
+        passthrough(
+            snapshot,
+            options,
+            &passthrough_key,
+            &services,
+            &mut table,
+            &mut diagnostics,
+        );
     }
     (table, diagnostics)
+}
+
+/// Oldest first (creationTimestamp, then namespace/name), by borrowed keys: nothing is
+/// allocated per comparison.
+fn claim_order(s: &Service) -> (Option<&Time>, &str, Option<&str>) {
+    (
+        s.metadata.creation_timestamp.as_ref(),
+        namespace_of(&s.metadata),
+        s.metadata.name.as_deref(),
+    )
 }
 
 /// A Service ServiceLB would serve: type LoadBalancer, no class or ours.
@@ -380,16 +389,16 @@ pub const SSL_PASSTHROUGH_ANNOTATION: &str = "ssl-passthrough";
 fn passthrough(
     snapshot: &Snapshot,
     options: &CompileOptions,
+    key: &str,
     services: &ServiceIndex,
     table: &mut L4Table,
     diagnostics: &mut Vec<Diagnostic>,
 ) {
-    let key = format!("{ANNOTATION_PREFIX}{SSL_PASSTHROUGH_ANNOTATION}");
     let wants = |ing: &Ingress| {
         ing.metadata
             .annotations
             .as_ref()
-            .and_then(|a| a.get(&key))
+            .and_then(|a| a.get(key))
             .is_some_and(|v| v.trim() == "true")
     };
     for ing in ours_oldest_first(snapshot, &options.class) {

@@ -22,11 +22,16 @@ pub const ANNOTATION_PREFIX: &str = "nginx.ingress.kubernetes.io/";
 pub struct PolicyDefaults {
     /// `--proxy-next-upstream-tries`.
     pub tries: u32,
+    /// `--use-proxy-protocol`, under the ConfigMap's `use-proxy-protocol`.
+    pub use_proxy_protocol: bool,
 }
 
 impl Default for PolicyDefaults {
     fn default() -> Self {
-        Self { tries: 3 }
+        Self {
+            tries: 3,
+            use_proxy_protocol: false,
+        }
     }
 }
 
@@ -89,7 +94,7 @@ pub(crate) fn controller_defaults(
         ssl_redirect: true,
         force_ssl_redirect: false,
         hsts: None,
-        use_proxy_protocol: false,
+        use_proxy_protocol: flags.use_proxy_protocol,
     };
     let mut hsts = Hsts {
         enabled: true,

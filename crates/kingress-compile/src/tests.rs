@@ -648,7 +648,10 @@ fn the_configmap_sets_defaults_that_annotations_override() {
 
     // Without --configmap the ConfigMap is not read; flags give the tries.
     let opts = CompileOptions {
-        defaults: PolicyDefaults { tries: 7 },
+        defaults: PolicyDefaults {
+            tries: 7,
+            ..PolicyDefaults::default()
+        },
         ..CompileOptions::default()
     };
     let c = compile(&s, &opts);
@@ -749,6 +752,23 @@ fn the_configmap_turns_redirects_and_hsts_off_or_changes_them() {
         c.config.hsts().map(|h| h.to_string()),
         Some("max-age=600; preload".to_string())
     );
+}
+
+#[test]
+fn use_proxy_protocol_comes_from_the_flag_under_the_configmap() {
+    let mut s = snapshot(vec![], &[]);
+    let mut options = cm_options();
+    assert!(!compile(&s, &options).config.use_proxy_protocol());
+    options.defaults.use_proxy_protocol = true;
+    assert!(compile(&s, &options).config.use_proxy_protocol());
+    s.config_maps.push(config_map(json!({"use-proxy-protocol": "false"})));
+    assert!(!compile(&s, &options).config.use_proxy_protocol());
+    options.defaults.use_proxy_protocol = false;
+    s.config_maps = vec![config_map(json!({"use-proxy-protocol": "true"}))];
+    assert!(compile(&s, &options).config.use_proxy_protocol());
+    // The route cache carries it as a full compile does.
+    let mut cache = RouteCache::new();
+    assert!(cache.compile(&s, &options).0.use_proxy_protocol());
 }
 
 #[test]

@@ -8,13 +8,13 @@
 //! its labels, less the per-revision ones), each node's ExternalIP, else its InternalIP.
 //! A Service kingress stops serving has the status it wrote cleared.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{LoadBalancerIngress, Node, Pod, Service};
 use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::Notify;
@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::election::Leadership;
 use crate::source::Stores;
+use crate::status::status_addresses;
 
 /// Labels that differ between two replicas of one DaemonSet or Deployment.
 const PER_REVISION_LABELS: &[&str] = &[
@@ -130,21 +131,16 @@ async fn sync(
     let Some(desired) = desired else { return };
     let served: BTreeSet<(String, String)> = served.iter().cloned().collect();
     let before: BTreeSet<(String, String)> = written.lock().map(|w| w.clone()).unwrap_or_default();
-    let mut now_written = BTreeSet::new();
-    let mut targets: Vec<(&(String, String), &[LoadBalancerIngress])> = served.iter().map(|k| (k, desired)).collect();
-    targets.extend(before.difference(&served).map(|k| (k, &[] as &[LoadBalancerIngress])));
+    let targets = served
+        .iter()
+        .map(|k| (k, desired))
+        .chain(before.difference(&served).map(|k| (k, &[] as &[LoadBalancerIngress])));
     for ((ns, name), want) in targets {
-        let current = stores
-            .services
-            .state()
-            .iter()
-            .find(|s| s.namespace().as_deref() == Some(ns.as_str()) && s.name_any() == *name)
-            .map(|s| current(s));
-        let Some(current) = current else { continue }; // gone: nothing to write
-        if !want.is_empty() {
-            now_written.insert((ns.clone(), name.clone()));
-        }
-        if current == want {
+        let at = ObjectRef::<Service>::new(name).within(ns);
+        let Some(svc) = stores.services.get(&at) else {
+            continue; // gone: nothing to write
+        };
+        if current(&svc) == want {
             continue;
         }
         let api: Api<Service> = Api::namespaced(client.clone(), ns);
@@ -154,17 +150,14 @@ async fn sync(
             .await
         {
             Ok(_) => tracing::debug!(service = %format!("{ns}/{name}"), "service status updated"),
-            Err(e) => {
-                // Try again next time.
-                if !want.is_empty() {
-                    now_written.insert((ns.clone(), name.clone()));
-                }
-                tracing::warn!(service = %format!("{ns}/{name}"), error = %e, "cannot update the Service status")
-            }
+            // Tried again on the next sync.
+            Err(e) => tracing::warn!(service = %format!("{ns}/{name}"), error = %e, "cannot update the Service status"),
         }
     }
+    // What kingress serves is what it owns the status of: a Service it stops serving is
+    // cleared on the next sync (above) and then forgotten.
     if let Ok(mut w) = written.lock() {
-        *w = now_written;
+        *w = served;
     }
 }
 
@@ -176,39 +169,23 @@ fn current(svc: &Service) -> Vec<LoadBalancerIngress> {
         .unwrap_or_default()
 }
 
-fn entry(address: &str) -> LoadBalancerIngress {
-    if address.parse::<IpAddr>().is_ok() {
-        LoadBalancerIngress {
-            ip: Some(address.to_string()),
-            ..Default::default()
-        }
-    } else {
-        LoadBalancerIngress {
-            hostname: Some(address.to_string()),
-            ..Default::default()
-        }
-    }
-}
-
 /// The addresses to publish, sorted; `None` when none is known.
 async fn addresses(client: &Client, options: &ServiceStatusOptions) -> Option<Vec<LoadBalancerIngress>> {
-    let mut out: BTreeMap<String, LoadBalancerIngress> = BTreeMap::new();
-    if !options.publish_status_address.is_empty() {
-        for a in options
-            .publish_status_address
-            .iter()
-            .map(|a| a.trim())
-            .filter(|a| !a.is_empty())
-        {
-            out.insert(a.to_string(), entry(a));
-        }
-        return Some(out.into_values().collect());
-    }
-    let (ns, pod) = options.pod.as_ref()?;
-    for address in node_addresses(client, ns, pod).await? {
-        out.insert(address.clone(), entry(&address));
-    }
-    (!out.is_empty()).then(|| out.into_values().collect())
+    let raw = if options.publish_status_address.is_empty() {
+        let (ns, pod) = options.pod.as_ref()?;
+        node_addresses(client, ns, pod).await?
+    } else {
+        options.publish_status_address.clone()
+    };
+    let out: Vec<LoadBalancerIngress> = status_addresses(&raw)
+        .into_iter()
+        .map(|a| LoadBalancerIngress {
+            ip: a.ip,
+            hostname: a.hostname,
+            ..Default::default()
+        })
+        .collect();
+    (!out.is_empty()).then_some(out)
 }
 
 /// The ExternalIP (else InternalIP) of every node a running sibling of this pod is on.

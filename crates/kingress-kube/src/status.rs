@@ -153,25 +153,16 @@ fn current(ingress: &Ingress) -> Vec<IngressLoadBalancerIngress> {
 async fn addresses(client: &Client, options: &StatusOptions) -> Option<Vec<IngressLoadBalancerIngress>> {
     let mut out: BTreeMap<String, IngressLoadBalancerIngress> = BTreeMap::new();
     if !options.publish_status_address.is_empty() {
-        for a in &options.publish_status_address {
-            let a = a.trim();
-            if a.is_empty() {
-                continue;
-            }
-            let entry = if a.parse::<IpAddr>().is_ok() {
-                IngressLoadBalancerIngress {
-                    ip: Some(a.to_string()),
+        return Some(
+            status_addresses(&options.publish_status_address)
+                .into_iter()
+                .map(|a| IngressLoadBalancerIngress {
+                    ip: a.ip,
+                    hostname: a.hostname,
                     ..Default::default()
-                }
-            } else {
-                IngressLoadBalancerIngress {
-                    hostname: Some(a.to_string()),
-                    ..Default::default()
-                }
-            };
-            out.insert(a.to_string(), entry);
-        }
-        return Some(out.into_values().collect());
+                })
+                .collect(),
+        );
     }
     let (ns, name) = options.publish_service.as_ref()?;
     let api: Api<Service> = Api::namespaced(client.clone(), ns);
@@ -202,4 +193,36 @@ async fn addresses(client: &Client, options: &StatusOptions) -> Option<Vec<Ingre
         );
     }
     Some(out.into_values().collect())
+}
+
+/// A status address: an IP, or else a host name.
+pub(crate) struct StatusAddress {
+    pub ip: Option<String>,
+    pub hostname: Option<String>,
+}
+
+/// Addresses as flags and node lists give them, trimmed, sorted, without duplicates or
+/// empty ones: IPs as `ip`, anything else as `hostname` (as ingress-nginx writes them).
+pub(crate) fn status_addresses<S: AsRef<str>>(raw: &[S]) -> Vec<StatusAddress> {
+    let unique: std::collections::BTreeSet<&str> = raw
+        .iter()
+        .map(|a| a.as_ref().trim())
+        .filter(|a| !a.is_empty())
+        .collect();
+    unique
+        .into_iter()
+        .map(|a| {
+            if a.parse::<IpAddr>().is_ok() {
+                StatusAddress {
+                    ip: Some(a.to_string()),
+                    hostname: None,
+                }
+            } else {
+                StatusAddress {
+                    ip: None,
+                    hostname: Some(a.to_string()),
+                }
+            }
+        })
+        .collect()
 }

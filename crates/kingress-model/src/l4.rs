@@ -74,6 +74,16 @@ pub enum ProxyVersion {
     V2,
 }
 
+impl ProxyVersion {
+    /// `v1` or `v2`, as the annotation and /debug/config write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyVersion::V1 => "v1",
+            ProxyVersion::V2 => "v2",
+        }
+    }
+}
+
 /// Where an L4 route came from, for logs, diagnostics and /debug/config.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct L4Source {

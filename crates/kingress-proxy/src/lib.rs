@@ -32,6 +32,6 @@ pub mod state;
 
 pub use http::{Gateway, build_proxy};
 pub use kingress_balance::HealthPolicy;
-pub use listener::{ListenerOptions, TlsListener, WorkerPool, serve, serve_with, serve_with_options};
+pub use listener::{ListenerOptions, TlsListener, WorkerPool, serve};
 pub use settings::ProxySettings;
 pub use state::Tables;

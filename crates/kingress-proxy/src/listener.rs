@@ -160,48 +160,36 @@ impl TlsListener {
 pub struct ListenerOptions {
     /// Terminate TLS (the HTTPS listener).
     pub tls: Option<Arc<TlsListener>>,
-    /// Expect a PROXY protocol header first, within this time (`--use-proxy-protocol`).
-    pub proxy_protocol: Option<Duration>,
-    /// Also expect one whenever the current routing table says so (the controller
-    /// ConfigMap's `use-proxy-protocol`, live), within this time.
-    pub proxy_protocol_live: Option<(Arc<Tables>, Duration)>,
-    /// SSL passthrough by SNI. Only used with `tls`.
+    /// Read a PROXY protocol header first whenever the current routing table says so
+    /// (`use-proxy-protocol`, from the controller ConfigMap or `--use-proxy-protocol`),
+    /// within this time. Asked per connection, so a change applies to the next one.
+    pub proxy_protocol: Option<(Arc<Tables>, Duration)>,
+    /// SSL passthrough by SNI, for the hosts in the L4 table (which has some only with
+    /// `--enable-ssl-passthrough`). Only used with `tls`.
     pub passthrough: Option<Arc<Passthrough>>,
 }
 
 impl ListenerOptions {
-    /// The HTTP listener: a PROXY header when `settings.use_proxy_protocol`.
-    pub fn http(settings: &ProxySettings) -> Self {
+    /// The HTTP listener: PROXY protocol as `tables`' routing table says.
+    pub fn http(tables: Arc<Tables>, settings: &ProxySettings) -> Self {
         Self {
             tls: None,
-            proxy_protocol: settings
-                .use_proxy_protocol
-                .then_some(settings.proxy_protocol_header_timeout),
-            proxy_protocol_live: None,
+            proxy_protocol: Some((tables, settings.proxy_protocol_header_timeout)),
             passthrough: None,
         }
     }
 
-    /// Also follow the ConfigMap's `use-proxy-protocol` in `tables`' routing table.
-    pub fn with_live_proxy_protocol(mut self, tables: Arc<Tables>, settings: &ProxySettings) -> Self {
-        self.proxy_protocol_live = Some((tables, settings.proxy_protocol_header_timeout));
-        self
-    }
-
-    /// The HTTPS listener: TLS with `tls`, a PROXY header when
-    /// `settings.use_proxy_protocol`, and passthrough of the hosts in `tables.l4()` when
-    /// `settings.ssl_passthrough`.
+    /// The HTTPS listener: TLS with `tls`, PROXY protocol as for [`ListenerOptions::http`],
+    /// and passthrough of the hosts in `tables.l4()`.
     pub fn https(tls: Arc<TlsListener>, tables: Arc<Tables>, settings: &ProxySettings) -> Self {
         Self {
             tls: Some(tls),
-            passthrough: settings.ssl_passthrough.then(|| {
-                Arc::new(Passthrough::new(
-                    tables,
-                    settings.connect_timeout,
-                    settings.passthrough_idle_timeout,
-                ))
-            }),
-            ..Self::http(settings)
+            passthrough: Some(Arc::new(Passthrough::new(
+                tables.clone(),
+                settings.connect_timeout,
+                settings.passthrough_idle_timeout,
+            ))),
+            ..Self::http(tables, settings)
         }
     }
 }
@@ -220,38 +208,10 @@ impl std::fmt::Debug for TlsListener {
 /// Without a pool, connections run on the caller's runtime with `apps[0]`. With a pool,
 /// connections are dealt round-robin to the workers, worker `i` serving with `apps[i]`
 /// (`apps` is reused cyclically if shorter).
+///
+/// TLS, PROXY protocol and SSL passthrough are as `options` say
+/// ([`ListenerOptions::default`]: plain HTTP).
 pub async fn serve<A>(
-    listener: TcpListener,
-    apps: Vec<Arc<A>>,
-    shutdown: impl Future<Output = ()>,
-    grace: Duration,
-    pool: Option<Arc<WorkerPool>>,
-) where
-    A: ServerApp + Send + Sync + 'static,
-{
-    serve_with(listener, apps, shutdown, grace, pool, None).await
-}
-
-/// [`serve`], with TLS termination when `tls` is given.
-pub async fn serve_with<A>(
-    listener: TcpListener,
-    apps: Vec<Arc<A>>,
-    shutdown: impl Future<Output = ()>,
-    grace: Duration,
-    pool: Option<Arc<WorkerPool>>,
-    tls: Option<Arc<TlsListener>>,
-) where
-    A: ServerApp + Send + Sync + 'static,
-{
-    let options = ListenerOptions {
-        tls,
-        ..ListenerOptions::default()
-    };
-    serve_with_options(listener, apps, shutdown, grace, pool, options).await
-}
-
-/// [`serve`], with TLS, PROXY protocol and SSL passthrough as `options` say.
-pub async fn serve_with_options<A>(
     listener: TcpListener,
     apps: Vec<Arc<A>>,
     shutdown: impl Future<Output = ()>,
@@ -342,12 +302,10 @@ async fn handle_connection<A>(
     // Bytes read before pingora gets the stream: put back with `rewind`.
     let mut replay = Vec::new();
     let digest = SocketDigest::from_raw_fd(fd);
-    let expect_proxy = options.proxy_protocol.or_else(|| {
-        options
-            .proxy_protocol_live
-            .as_ref()
-            .and_then(|(tables, timeout)| tables.config().use_proxy_protocol().then_some(*timeout))
-    });
+    let expect_proxy = options
+        .proxy_protocol
+        .as_ref()
+        .and_then(|(tables, timeout)| tables.config().use_proxy_protocol().then_some(*timeout));
     if let Some(timeout) = expect_proxy {
         match proxy_protocol::read_header(&mut tcp, timeout).await {
             Ok(header) => {

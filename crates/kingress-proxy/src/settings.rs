@@ -29,15 +29,9 @@ pub struct ProxySettings {
     pub tls_handshake_timeout: Duration,
     /// TLS handshakes in progress at most, per listener.
     pub max_tls_handshakes: usize,
-    /// `use-proxy-protocol`: every connection to the HTTP and HTTPS listeners starts with
-    /// a PROXY protocol header (v1 or v2), whose source becomes the client address
-    /// (X-Forwarded-For, X-Real-IP). A connection without a valid one is closed. Off.
-    pub use_proxy_protocol: bool,
-    /// How long a client has to send its whole PROXY header (ingress-nginx: 5 s).
+    /// How long a client has to send its whole PROXY header (ingress-nginx: 5 s), when the
+    /// routing table says one comes first (`use-proxy-protocol`).
     pub proxy_protocol_header_timeout: Duration,
-    /// `--enable-ssl-passthrough`: the HTTPS listener reads each ClientHello's SNI first and
-    /// relays the connections for passthrough hosts, unterminated, to their backend. Off.
-    pub ssl_passthrough: bool,
     /// A passthrough connection with no byte either way for this long is closed
     /// (`proxy-stream-timeout`, 600 s).
     pub passthrough_idle_timeout: Duration,
@@ -57,9 +51,7 @@ impl Default for ProxySettings {
             https_redirect_port: None,
             tls_handshake_timeout: Duration::from_secs(10),
             max_tls_handshakes: 256,
-            use_proxy_protocol: false,
             proxy_protocol_header_timeout: Duration::from_secs(5),
-            ssl_passthrough: false,
             passthrough_idle_timeout: Duration::from_secs(600),
         }
     }

@@ -15,10 +15,9 @@ use kingress_model::{
     ProxyVersion, Route, RouteSource,
 };
 use kingress_proxy::proxy_protocol::encode;
-use kingress_proxy::{ListenerOptions, ProxySettings, Tables, TlsListener, serve_with_options};
-use kingress_test_support::{EchoHandle, echo, raw_request};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use kingress_proxy::{ListenerOptions, ProxySettings, Tables, TlsListener, serve};
+use kingress_test_support::{EchoHandle, TestCa, echo, raw_request};
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::sign::CertifiedKey;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -30,36 +29,6 @@ const BACKEND_BODY: &str = "from-the-passthrough-backend";
 
 fn ring() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// A CA and what it signs with.
-struct Ca {
-    der: CertificateDer<'static>,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(cn: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Self {
-            der: cert.der().clone(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A leaf for `hosts`: its certificate and key.
-    fn leaf(&self, hosts: &[&str]) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
-            .unwrap()
-            .signed_by(&key, &self.issuer)
-            .unwrap();
-        (cert.der().clone(), PrivateKeyDer::Pkcs8(key.serialize_der().into()))
-    }
 }
 
 /// kingress's certificate resolver in these tests: one certificate for every name.
@@ -74,14 +43,8 @@ impl rustls::server::ResolvesServerCert for Fixed {
 
 /// A TLS backend with its own certificate for [`SECURE`]: reads one request head and
 /// answers [`BACKEND_BODY`].
-async fn tls_backend(ca: &Ca) -> (SocketAddr, JoinHandle<()>) {
-    let (cert, key) = ca.leaf(&[SECURE]);
-    let config = rustls::ServerConfig::builder_with_provider(ring())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert], key)
-        .unwrap();
+async fn tls_backend(ca: &TestCa) -> (SocketAddr, JoinHandle<()>) {
+    let config = ca.server_config(&[SECURE]);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -153,17 +116,38 @@ impl Drop for Env {
     }
 }
 
+/// What a test turns on.
+#[derive(Clone, Copy, Default)]
+struct Mode {
+    /// The routing table's `use-proxy-protocol`.
+    proxy_protocol: bool,
+    /// [`SECURE`] in the L4 table's passthrough hosts (as compile puts it there with
+    /// `--enable-ssl-passthrough`).
+    passthrough: bool,
+}
+
+const PROXY_PROTOCOL: Mode = Mode {
+    proxy_protocol: true,
+    passthrough: false,
+};
+const PASSTHROUGH: Mode = Mode {
+    proxy_protocol: false,
+    passthrough: true,
+};
+
 /// Starts an [`Env`]; `secure_endpoints` are extra endpoints of the passthrough backend,
 /// tried before the TLS backend (e.g. a closed port).
-async fn start(settings: ProxySettings, secure_endpoints: &[SocketAddr]) -> Env {
+async fn start(mode: Mode, secure_endpoints: &[SocketAddr]) -> Env {
+    let settings = ProxySettings::default();
     let echo = echo("web").await;
-    let kingress_ca = Ca::new("kingress test CA");
-    let backend_ca = Ca::new("backend test CA");
+    let kingress_ca = TestCa::new("kingress test CA");
+    let backend_ca = TestCa::new("backend test CA");
     let (backend_addr, backend_task) = tls_backend(&backend_ca).await;
 
     let tables = Tables::new();
     let mut config = ConfigBuilder::new();
     config.set_default_backend(None, route("web")).unwrap();
+    config.set_use_proxy_protocol(mode.proxy_protocol);
     tables.publish_config(config.build());
     let mut endpoints = EndpointTable::new();
     endpoints.insert(
@@ -175,19 +159,21 @@ async fn start(settings: ProxySettings, secure_endpoints: &[SocketAddr]) -> Env 
     endpoints.insert(secure_backend(), EndpointSet::new(secure));
     tables.publish_endpoints(endpoints);
     let mut l4 = L4Table::new();
-    l4.claim_passthrough(
-        SECURE,
-        L4Route {
-            backend: secure_backend(),
-            source: L4Source {
-                object: ObjectRef::new("Ingress", "default", "secure"),
-                detail: SECURE.into(),
+    if mode.passthrough {
+        l4.claim_passthrough(
+            SECURE,
+            L4Route {
+                backend: secure_backend(),
+                source: L4Source {
+                    object: ObjectRef::new("Ingress", "default", "secure"),
+                    detail: SECURE.into(),
+                },
+                accept_proxy: false,
+                send_proxy: None,
             },
-            accept_proxy: false,
-            send_proxy: None,
-        },
-    )
-    .unwrap();
+        )
+        .unwrap();
+    }
     tables.publish_l4(l4);
     tables.set_ready(true);
 
@@ -205,15 +191,15 @@ async fn start(settings: ProxySettings, secure_endpoints: &[SocketAddr]) -> Env 
     let grace = Duration::from_millis(100);
     let tasks = vec![
         backend_task,
-        tokio::spawn(serve_with_options(
+        tokio::spawn(serve(
             http,
             apps.clone(),
             std::future::pending(),
             grace,
             None,
-            ListenerOptions::http(&settings),
+            ListenerOptions::http(tables.clone(), &settings),
         )),
-        tokio::spawn(serve_with_options(
+        tokio::spawn(serve(
             https,
             apps,
             std::future::pending(),
@@ -230,20 +216,6 @@ async fn start(settings: ProxySettings, secure_endpoints: &[SocketAddr]) -> Env 
         tables,
         _echo: echo,
         tasks,
-    }
-}
-
-fn with_proxy_protocol() -> ProxySettings {
-    ProxySettings {
-        use_proxy_protocol: true,
-        ..ProxySettings::default()
-    }
-}
-
-fn with_passthrough() -> ProxySettings {
-    ProxySettings {
-        ssl_passthrough: true,
-        ..ProxySettings::default()
     }
 }
 
@@ -321,7 +293,7 @@ fn addr(s: &str) -> SocketAddr {
 
 #[tokio::test]
 async fn proxy_v1_on_http_sets_forwarded_for_and_real_ip() {
-    let env = start(with_proxy_protocol(), &[]).await;
+    let env = start(PROXY_PROTOCOL, &[]).await;
     let mut request = encode(ProxyVersion::V1, addr("203.0.113.7:40000"), env.http);
     request.extend_from_slice(&get(WEB));
     let response = raw_request(env.http, &request).await;
@@ -333,7 +305,7 @@ async fn proxy_v1_on_http_sets_forwarded_for_and_real_ip() {
 
 #[tokio::test]
 async fn proxy_v2_on_http_sets_forwarded_for_and_real_ip() {
-    let env = start(with_proxy_protocol(), &[]).await;
+    let env = start(PROXY_PROTOCOL, &[]).await;
     // IPv6 client, IPv4 listener: encode maps both to IPv6.
     let mut request = encode(ProxyVersion::V2, addr("[2001:db8::5]:40000"), env.http);
     request.extend_from_slice(&get(WEB));
@@ -348,7 +320,7 @@ async fn proxy_v2_on_http_sets_forwarded_for_and_real_ip() {
 async fn proxy_header_split_from_the_request_is_replayed() {
     // The header alone in one write, the request in a later one, and the reverse case
     // (header and request start in one write) is the v1 test above.
-    let env = start(with_proxy_protocol(), &[]).await;
+    let env = start(PROXY_PROTOCOL, &[]).await;
     let mut tcp = TcpStream::connect(env.http).await.unwrap();
     let header = encode(ProxyVersion::V2, addr("198.51.100.9:1"), env.http);
     let (a, b) = header.split_at(5);
@@ -363,7 +335,7 @@ async fn proxy_header_split_from_the_request_is_replayed() {
 
 #[tokio::test]
 async fn proxy_on_https_sets_forwarded_for() {
-    let env = start(with_proxy_protocol(), &[]).await;
+    let env = start(PROXY_PROTOCOL, &[]).await;
     for version in [ProxyVersion::V1, ProxyVersion::V2] {
         let header = encode(version, addr("192.0.2.44:5555"), env.https);
         let (leaf, response) = https_request(env.https, Some(header), &env.kingress_ca, WEB)
@@ -379,7 +351,7 @@ async fn proxy_on_https_sets_forwarded_for() {
 
 #[tokio::test]
 async fn malformed_or_missing_proxy_header_closes_only_that_connection() {
-    let env = start(with_proxy_protocol(), &[]).await;
+    let env = start(PROXY_PROTOCOL, &[]).await;
     let bad: [&[u8]; 4] = [
         b"PROXY TCP4 999.1.1.1 10.0.0.1 1 2\r\nGET / HTTP/1.1\r\nHost: web.test\r\n\r\n",
         b"PROXY TCP4 1.2.3.4\r\n",
@@ -408,7 +380,7 @@ async fn malformed_or_missing_proxy_header_closes_only_that_connection() {
 
 #[tokio::test]
 async fn without_use_proxy_protocol_a_header_is_not_read() {
-    let env = start(ProxySettings::default(), &[]).await;
+    let env = start(Mode::default(), &[]).await;
     let response = raw_request(env.http, &get(WEB)).await;
     assert_eq!(echoed_headers(&response.body)["x-forwarded-for"], "127.0.0.1");
     // A PROXY line is then just a bad request line.
@@ -424,7 +396,7 @@ async fn without_use_proxy_protocol_a_header_is_not_read() {
 
 #[tokio::test]
 async fn ssl_passthrough_by_sni_beside_termination_on_the_same_port() {
-    let env = start(with_passthrough(), &[]).await;
+    let env = start(PASSTHROUGH, &[]).await;
     // The passthrough host: the client verifies the backend's own certificate (its own
     // CA), so the handshake went through kingress untouched.
     let (leaf, response) = https_request(env.https, None, &env.backend_ca, SECURE).await.unwrap();
@@ -446,7 +418,7 @@ async fn ssl_passthrough_by_sni_beside_termination_on_the_same_port() {
 
 #[tokio::test]
 async fn passthrough_table_changes_apply_to_new_connections() {
-    let env = start(with_passthrough(), &[]).await;
+    let env = start(PASSTHROUGH, &[]).await;
     assert!(https_request(env.https, None, &env.backend_ca, SECURE).await.is_ok());
     // Without passthrough hosts the ClientHello is not even read: kingress terminates.
     env.tables.publish_l4(L4Table::new());
@@ -456,8 +428,8 @@ async fn passthrough_table_changes_apply_to_new_connections() {
 }
 
 #[tokio::test]
-async fn passthrough_off_terminates_every_host() {
-    let env = start(ProxySettings::default(), &[]).await;
+async fn without_passthrough_hosts_every_host_is_terminated() {
+    let env = start(Mode::default(), &[]).await;
     assert!(https_request(env.https, None, &env.backend_ca, SECURE).await.is_err());
     let (_, response) = https_request(env.https, None, &env.kingress_ca, SECURE).await.unwrap();
     assert!(echoed_headers(body_of(&response)).is_object());
@@ -465,12 +437,14 @@ async fn passthrough_off_terminates_every_host() {
 
 #[tokio::test]
 async fn passthrough_after_a_proxy_header_sends_the_backend_none() {
-    let settings = ProxySettings {
-        use_proxy_protocol: true,
-        ssl_passthrough: true,
-        ..ProxySettings::default()
-    };
-    let env = start(settings, &[]).await;
+    let env = start(
+        Mode {
+            proxy_protocol: true,
+            passthrough: true,
+        },
+        &[],
+    )
+    .await;
     // The backend would fail the handshake on a PROXY header in front of the ClientHello.
     for version in [ProxyVersion::V1, ProxyVersion::V2] {
         let header = encode(version, addr("192.0.2.1:1"), env.https);
@@ -494,7 +468,7 @@ async fn passthrough_moves_to_another_endpoint_when_a_connect_fails() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         l.local_addr().unwrap()
     };
-    let env = start(with_passthrough(), &[closed]).await;
+    let env = start(PASSTHROUGH, &[closed]).await;
     // Round-robin starts at either endpoint; every connection gets through.
     for _ in 0..4 {
         let (_, response) = https_request(env.https, None, &env.backend_ca, SECURE).await.unwrap();
@@ -504,7 +478,7 @@ async fn passthrough_moves_to_another_endpoint_when_a_connect_fails() {
 
 #[tokio::test]
 async fn garbage_client_hello_is_closed_and_the_listener_keeps_serving() {
-    let env = start(with_passthrough(), &[]).await;
+    let env = start(PASSTHROUGH, &[]).await;
     let garbage: [&[u8]; 4] = [
         b"GET / HTTP/1.1\r\nHost: secure.test\r\n\r\n",
         // A handshake record whose message is not a ClientHello.

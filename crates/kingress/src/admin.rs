@@ -87,11 +87,6 @@ pub fn debug_config(controller: &Controller) -> serde_json::Value {
         .collect();
     let l4_table = tables.l4();
     let stats = controller.l4().map(|m| m.stats()).unwrap_or_default();
-    let proxy_name = |v: Option<kingress_model::ProxyVersion>| match v {
-        None => None,
-        Some(kingress_model::ProxyVersion::V1) => Some("v1"),
-        Some(kingress_model::ProxyVersion::V2) => Some("v2"),
-    };
     let l4_ports: Vec<serde_json::Value> = l4_table
         .ports()
         .map(|(port, route)| {
@@ -103,7 +98,7 @@ pub fn debug_config(controller: &Controller) -> serde_json::Value {
                 "source": route.source.object.to_string(),
                 "detail": route.source.detail,
                 "acceptProxy": route.accept_proxy,
-                "sendProxy": proxy_name(route.send_proxy),
+                "sendProxy": route.send_proxy.map(|v| v.as_str()),
                 "listening": live.map(|s| s.local.to_string()),
                 "open": live.map(|s| s.open),
                 "total": live.map(|s| s.total),

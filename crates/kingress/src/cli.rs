@@ -81,7 +81,7 @@ pub struct ProxyArgs {
     pub proxy_body_size: String,
     /// Expect a PROXY protocol header (v1 or v2) on every HTTP and HTTPS connection, from
     /// a load balancer in front; X-Forwarded-For and X-Real-IP then carry its client. The
-    /// controller ConfigMap's `use-proxy-protocol: "true"` does the same, live.
+    /// controller ConfigMap's `use-proxy-protocol` overrides it, live.
     #[arg(long, env = "KINGRESS_USE_PROXY_PROTOCOL")]
     pub use_proxy_protocol: bool,
 }
@@ -277,10 +277,18 @@ impl ProxyArgs {
             },
             tls_handshake_timeout: seconds("ssl-handshake-timeout", self.ssl_handshake_timeout)?,
             max_tls_handshakes: self.max_tls_handshakes.max(1),
-            use_proxy_protocol: self.use_proxy_protocol,
             ..ProxySettings::default()
         })
     }
+}
+
+/// A `NAMESPACE/NAME` flag's value, if given; the error names the flag.
+fn namespaced_name(flag: &str, value: &Option<String>) -> Result<Option<(String, String)>, String> {
+    value
+        .as_deref()
+        .map(parse_config_map_ref)
+        .transpose()
+        .map_err(|e| format!("--{flag}: {e}"))
 }
 
 impl L4Args {
@@ -303,10 +311,7 @@ impl RunArgs {
     /// Kubernetes mode's settings, from the flags and the pod's environment (POD_NAMESPACE,
     /// POD_NAME, as ingress-nginx reads them).
     pub fn kube_mode(&self) -> Result<KubeMode, String> {
-        let publish_service = match &self.publish_service {
-            Some(v) => Some(parse_config_map_ref(v).map_err(|e| format!("--publish-service: {e}"))?),
-            None => None,
-        };
+        let publish_service = namespaced_name("publish-service", &self.publish_service)?;
         let namespace = std::env::var("POD_NAMESPACE")
             .ok()
             .filter(|v| !v.is_empty())
@@ -336,37 +341,24 @@ impl RunArgs {
 
     /// `--default-ssl-certificate`, checked.
     pub fn default_ssl_certificate(&self) -> Result<Option<(String, String)>, String> {
-        match &self.default_ssl_certificate {
-            Some(v) => parse_config_map_ref(v)
-                .map(Some)
-                .map_err(|e| format!("--default-ssl-certificate: {e}")),
-            None => Ok(None),
-        }
+        namespaced_name("default-ssl-certificate", &self.default_ssl_certificate)
     }
 
     pub fn compile_options(&self) -> Result<CompileOptions, String> {
-        let config_map = match &self.configmap {
-            Some(v) => Some(parse_config_map_ref(v).map_err(|e| format!("--configmap: {e}"))?),
-            None => None,
-        };
-        let named = |flag: &str, v: &Option<String>| -> Result<Option<(String, String)>, String> {
-            match v {
-                Some(v) => parse_config_map_ref(v).map(Some).map_err(|e| format!("--{flag}: {e}")),
-                None => Ok(None),
-            }
-        };
-        let own_service = named("publish-service", &self.publish_service)?;
+        let config_map = namespaced_name("configmap", &self.configmap)?;
+        let own_service = namespaced_name("publish-service", &self.publish_service)?;
         Ok(CompileOptions {
             class: self.class.class_options(),
             config_map,
             defaults: PolicyDefaults {
                 tries: u32::try_from(self.proxy.proxy_next_upstream_tries).unwrap_or(u32::MAX),
+                use_proxy_protocol: self.proxy.use_proxy_protocol,
             },
             l4: L4Options {
                 service_lb: self.l4.l4_services,
                 class: self.l4.l4_class.clone().filter(|c| !c.is_empty()),
-                tcp_services: named("tcp-services-configmap", &self.l4.tcp_services_configmap)?,
-                udp_services: named("udp-services-configmap", &self.l4.udp_services_configmap)?,
+                tcp_services: namespaced_name("tcp-services-configmap", &self.l4.tcp_services_configmap)?,
+                udp_services: namespaced_name("udp-services-configmap", &self.l4.udp_services_configmap)?,
                 ssl_passthrough: self.l4.enable_ssl_passthrough,
                 // The listeners' ports are added by the gateway once they are bound.
                 reserved: Vec::new(),
@@ -454,7 +446,7 @@ mod tests {
         assert_eq!(c.l4.own_service, Some(("ingress".into(), "kingress".into())));
         assert_eq!(run.l4.l4_bind.to_string(), "127.0.0.1");
         assert_eq!(run.l4.drain_timeout(), Ok(Duration::from_millis(500)));
-        assert!(run.proxy.settings().unwrap().use_proxy_protocol);
+        assert!(c.defaults.use_proxy_protocol);
         for (raw, want) in [("30", 30_000), ("2m", 120_000), ("1.5s", 1_500), ("0", 0)] {
             assert_eq!(parse_duration(raw), Ok(Duration::from_millis(want)), "{raw}");
         }

@@ -251,11 +251,9 @@ pub async fn start_with(mut options: GatewayOptions, listeners: Listeners) -> an
     let apps: Vec<_> = (0..workers.as_ref().map_or(1, |p| p.len()))
         .map(|_| kingress_proxy::build_proxy(tables.clone(), options.proxy.clone()))
         .collect();
-    // PROXY protocol: always with --use-proxy-protocol, else as the controller
-    // ConfigMap's use-proxy-protocol says (live).
-    let http_options =
-        kingress_proxy::ListenerOptions::http(&options.proxy).with_live_proxy_protocol(tables.clone(), &options.proxy);
-    tasks.push(tokio::spawn(kingress_proxy::serve_with_options(
+    // PROXY protocol as the routing table says (the ConfigMap over --use-proxy-protocol).
+    let http_options = kingress_proxy::ListenerOptions::http(tables.clone(), &options.proxy);
+    tasks.push(tokio::spawn(kingress_proxy::serve(
         http,
         apps.clone(),
         wait_for(shutdown_rx.clone()),
@@ -270,12 +268,9 @@ pub async fn start_with(mut options: GatewayOptions, listeners: Listeners) -> an
             options.proxy.max_tls_handshakes,
         )
         .context("configuring TLS")?;
-        // SSL passthrough (--enable-ssl-passthrough) by SNI, for the hosts of the L4 table.
-        let mut proxy = options.proxy.clone();
-        proxy.ssl_passthrough = options.compile.l4.ssl_passthrough;
-        let https_options = kingress_proxy::ListenerOptions::https(Arc::new(tls), tables.clone(), &proxy)
-            .with_live_proxy_protocol(tables.clone(), &proxy);
-        tasks.push(tokio::spawn(kingress_proxy::serve_with_options(
+        // SSL passthrough by SNI for the L4 table's hosts (only with --enable-ssl-passthrough).
+        let https_options = kingress_proxy::ListenerOptions::https(Arc::new(tls), tables.clone(), &options.proxy);
+        tasks.push(tokio::spawn(kingress_proxy::serve(
             https,
             apps,
             wait_for(shutdown_rx),

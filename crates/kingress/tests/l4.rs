@@ -374,39 +374,14 @@ async fn use_proxy_protocol_from_the_config_map_puts_the_real_client_in_x_forwar
 mod passthrough {
     use std::sync::Arc;
 
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use rustls::pki_types::ServerName;
 
     use super::*;
 
-    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-        Arc::new(rustls::crypto::ring::default_provider())
-    }
-
-    /// A CA of its own, and a TLS backend with a certificate for `host` signed by it that
-    /// answers every connection with "backend says hi".
-    async fn tls_backend(host: &str) -> (CertificateDer<'static>, SocketAddr) {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, "backend CA");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_key = KeyPair::generate().unwrap();
-        let ca = params.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(params, ca_key);
-        let key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(vec![host.to_string()])
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![leaf.der().clone()],
-                PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-            )
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    /// A TLS backend with a certificate for `host` signed by `ca` that answers every
+    /// connection with "backend says hi".
+    async fn tls_backend(ca: &TestCa, host: &str) -> SocketAddr {
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(ca.server_config(&[host])));
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         tokio::spawn(async move {
@@ -420,12 +395,13 @@ mod passthrough {
                 });
             }
         });
-        (ca.der().clone(), addr)
+        addr
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_client_verifies_the_backends_own_certificate() {
-        let (ca, backend) = tls_backend("secure.test").await;
+        let ca = TestCa::new("backend CA");
+        let backend = tls_backend(&ca, "secure.test").await;
         let service = format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{name: secure, namespace: default}}\nspec:\n  ports:\n  - {{name: https, port: 443}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: secure-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: secure}}\naddressType: IPv4\nendpoints:\n- addresses: [127.0.0.1]\nports:\n- {{name: https, port: {}}}\n",
             backend.port()
@@ -448,13 +424,7 @@ mod passthrough {
 
         // Trusting only the backend's CA: the handshake succeeds only if the bytes went
         // through unterminated.
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca).unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let config = ca.client_config();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let tcp = TcpStream::connect(https).await.unwrap();
         let mut tls = connector

@@ -281,17 +281,16 @@ pub async fn relay_with(
 async fn pump(src: &TcpStream, dst: &TcpStream, activity: &Activity, mode: RelayMode) -> io::Result<u64> {
     let moved = match mode {
         RelayMode::Splice => {
-            let first = copy_first(src, dst, activity).await?;
-            match first {
+            match copy(src, dst, activity, Some(COPY_FIRST), COPY_FIRST_CHUNK).await? {
                 // EOF before the threshold: no pipe was ever needed.
                 (n, true) => n,
                 (n, false) => match pipe() {
                     Some((rd, wr, capacity)) => n + pump_splice(src, dst, &rd, &wr, capacity, activity).await?,
-                    None => n + pump_copy(src, dst, activity).await?,
+                    None => n + copy(src, dst, activity, None, CHUNK).await?.0,
                 },
             }
         }
-        RelayMode::Copy => pump_copy(src, dst, activity).await?,
+        RelayMode::Copy => copy(src, dst, activity, None, CHUNK).await?.0,
     };
     match SockRef::from(dst).shutdown(std::net::Shutdown::Write) {
         // The peer may already be gone entirely; the other direction will tell.
@@ -358,18 +357,24 @@ async fn pump_splice(
     }
 }
 
-/// Copies `src` to `dst` through a [`COPY_FIRST_CHUNK`] buffer until [`COPY_FIRST`]
-/// bytes have moved or `src` ends; returns the bytes moved and whether `src` ended. The
-/// buffer is allocated per read, once the socket is readable, so a connection waiting
-/// for bytes holds none.
-async fn copy_first(src: &TcpStream, dst: &TcpStream, activity: &Activity) -> io::Result<(u64, bool)> {
+/// Copies `src` to `dst` through a userspace buffer of `chunk` bytes until `limit` bytes
+/// have moved (`None`: no limit) or `src` ends; returns the bytes moved and whether `src`
+/// ended. The buffer is allocated per read, once the socket is readable, so a connection
+/// waiting for bytes holds none.
+async fn copy(
+    src: &TcpStream,
+    dst: &TcpStream,
+    activity: &Activity,
+    limit: Option<u64>,
+    chunk: usize,
+) -> io::Result<(u64, bool)> {
     let mut total: u64 = 0;
-    while total < COPY_FIRST {
+    while limit.is_none_or(|l| total < l) {
         let mut buf: Vec<u8> = Vec::new();
         let n = loop {
             src.readable().await?;
             if buf.capacity() == 0 {
-                buf.reserve_exact(COPY_FIRST_CHUNK);
+                buf.reserve_exact(chunk);
             }
             match src.try_read_buf(&mut buf) {
                 Ok(n) => break n,
@@ -397,39 +402,6 @@ async fn copy_first(src: &TcpStream, dst: &TcpStream, activity: &Activity) -> io
         activity.touch();
     }
     Ok((total, false))
-}
-
-async fn pump_copy(src: &TcpStream, dst: &TcpStream, activity: &Activity) -> io::Result<u64> {
-    let mut buf = vec![0u8; CHUNK];
-    let mut total: u64 = 0;
-    loop {
-        let n = loop {
-            src.readable().await?;
-            match src.try_read(&mut buf) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        };
-        if n == 0 {
-            return Ok(total);
-        }
-        activity.touch();
-        let mut data = buf.get(..n).unwrap_or_default();
-        while !data.is_empty() {
-            dst.writable().await?;
-            match dst.try_write(data) {
-                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
-                Ok(m) => {
-                    data = data.get(m..).unwrap_or_default();
-                    total += m as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        activity.touch();
-    }
 }
 
 /// What a TCP connection on an L4 port needs besides its socket.
