@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Helpers shared by run.sh and tls.sh, which source this file. Sourcing it only defines
+# Helpers shared by run.sh, tls.sh and l4.sh, which source this file. Sourcing it only defines
 # functions and variables; it starts, writes and traps nothing.
 #
 # The functions read the caller's globals: HOST, WORK, MANIFESTS, KINGRESS, ECHO1_PORT,
@@ -8,6 +8,14 @@
 # installs the cleanup: `trap cleanup EXIT; trap 'exit 130' INT TERM`.
 
 log() { printf '\n== %s\n' "$*"; }
+
+# Installs Debian packages (apt-get update only when the first try fails).
+apt_install() {
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "$@" ||
+        { $sudo apt-get update && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "$@"; }
+}
 
 # Prints a command the way it is about to run: `$ cmd arg...`, shell-quoted.
 show_cmd() { printf '$'; printf ' %q' "$@"; printf '\n'; }

@@ -52,12 +52,6 @@ trap 'exit 130' INT TERM
 require_free_ports "$BACKEND_PORT" "$KINGRESS_L4_PORT" "$HAPROXY_PORT" "$HTTP_PORT" "$ADMIN_PORT" "$HTTPS_PORT"
 
 # --- tools ----------------------------------------------------------------------------
-apt_install() {
-    local sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo=sudo
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "$@" ||
-        { $sudo apt-get update && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "$@"; }
-}
 if ! command -v haproxy >/dev/null; then log "installing haproxy"; apt_install haproxy; fi
 command -v curl >/dev/null || { log "installing curl"; apt_install curl; }
 # pingora's zlib-ng needs cmake (installed from apt when missing).

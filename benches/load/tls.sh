@@ -59,12 +59,6 @@ trap 'exit 130' INT TERM
 require_free_ports "$ECHO1_PORT" "$ECHO2_PORT" "$HTTP_PORT" "$ADMIN_PORT" "$KINGRESS_TLS_PORT" "$NGINX_TLS_PORT"
 
 # --- tools ----------------------------------------------------------------------------
-apt_install() {
-    local sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo=sudo
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "$@" ||
-        { $sudo apt-get update && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "$@"; }
-}
 if ! command -v nginx >/dev/null; then log "installing nginx"; apt_install nginx-light; fi
 if ! command -v h2load >/dev/null; then log "installing h2load (nghttp2-client)"; apt_install nghttp2-client; fi
 command -v curl >/dev/null || { log "installing curl"; apt_install curl; }

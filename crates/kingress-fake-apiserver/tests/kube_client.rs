@@ -2,8 +2,7 @@
 //! these pass, the fake speaks the protocol the way kube-rs expects it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -12,6 +11,7 @@ use k8s_openapi::api::events::v1::Event as K8sEvent;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kingress_fake_apiserver::FakeApiServer;
+use kingress_test_support::poll_until;
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, ResourceExt, VersionMatch, WatchEvent, WatchParams,
 };
@@ -24,22 +24,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 const DEADLINE: Duration = Duration::from_secs(15);
-
-/// Polls `check` until it returns `Some`, or panics with `what` after [`DEADLINE`].
-async fn poll_until<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 fn ingress(name: &str, host: &str) -> Value {
     json!({
@@ -156,7 +140,7 @@ impl Drop for Watched {
 }
 
 async fn wait_for_watch(server: &FakeApiServer, n: usize) {
-    poll_until("the watch to be open", || async {
+    poll_until(DEADLINE, "the watch to be open", || async {
         (server.open_watches() == n).then_some(())
     })
     .await;

@@ -1,7 +1,7 @@
 //! The L4 data plane over real sockets on 127.0.0.1: TCP and UDP ports opened by
 //! [`L4Manager`] from a published [`L4Table`], forwarding to test backends.
 //!
-//! No sleeps as synchronisation: state is polled with a deadline ([`eventually`]).
+//! No sleeps as synchronisation: state is polled with a deadline (`poll_until`).
 //! `KINGRESS_L4_TRANSFER_BYTES` sets the size of the SHA-256 transfer (default 1 GiB).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
@@ -16,10 +16,10 @@ use kingress_model::{
 };
 use kingress_proxy::Tables;
 use kingress_proxy::l4::{L4Manager, L4Settings, RelayMode};
+use kingress_test_support::poll_until;
 use ring::digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::time::Instant;
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// How long any awaited state may take before the test fails.
@@ -78,22 +78,6 @@ fn table(ports: Vec<(L4Port, L4Route)>) -> L4Table {
         assert!(t.claim(port, route).is_ok());
     }
     t
-}
-
-/// Polls `check` until it returns `Some`, failing after [`DEADLINE`].
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// An echo backend: every connection gets `greeting` then its own bytes back; its EOF
@@ -475,7 +459,7 @@ async fn a_removed_port_refuses_new_connections_and_drains_open_ones() {
     tables.publish_l4(L4Table::new());
     manager.apply();
     drop(open);
-    eventually("the drained port to be forgotten", || {
+    poll_until(DEADLINE, "the drained port to be forgotten", || {
         let empty = manager.stats().is_empty();
         async move { empty.then_some(()) }
     })
@@ -535,7 +519,7 @@ async fn a_port_in_use_is_a_diagnostic_then_bound_once_free() {
     assert!(manager.bound().is_empty());
 
     drop(blocker);
-    let addr = eventually("the port to be bound", || {
+    let addr = poll_until(DEADLINE, "the port to be bound", || {
         let bound = manager.bound().first().map(|(_, a)| *a);
         async move { bound }
     })
@@ -556,7 +540,7 @@ async fn a_published_port_opens_without_an_explicit_apply() {
     assert!(manager.bound().is_empty());
     let port = L4Port::tcp(free_tcp_port());
     tables.publish_l4(table(vec![(port, route(id.clone(), false, None))]));
-    let addr = eventually("the published port to open", || {
+    let addr = poll_until(DEADLINE, "the published port to open", || {
         let bound = manager.bound().first().map(|(_, a)| *a);
         async move { bound }
     })
@@ -686,7 +670,7 @@ async fn an_idle_connection_is_closed() {
     let (data, end) = read_to_end(&mut c).await;
     assert!(data.is_empty());
     end.expect("closed with a FIN");
-    eventually("the connection to be counted closed", || {
+    poll_until(DEADLINE, "the connection to be counted closed", || {
         let open = manager.stats()[0].open;
         async move { (open == 0).then_some(()) }
     })
@@ -760,7 +744,7 @@ async fn udp_flows_end_when_idle_and_a_full_table_evicts_the_oldest() {
     udp_roundtrip(&b, addr, "b").await;
     let stats = manager.stats();
     assert_eq!((stats[0].total, stats[0].evicted), (2, 1), "{stats:?}");
-    eventually("the flows to end when idle", || {
+    poll_until(DEADLINE, "the flows to end when idle", || {
         let open = manager.stats()[0].open;
         async move { (open == 0).then_some(()) }
     })
@@ -782,7 +766,7 @@ async fn a_removed_udp_port_serves_its_flows_only_and_comes_back_on_the_same_soc
     assert!(manager.bound().is_empty());
     udp_roundtrip(&a, addr, "a2").await;
     b.send_to(b"b1", addr).await.expect("send");
-    eventually("the new client's datagram to be dropped", || {
+    poll_until(DEADLINE, "the new client's datagram to be dropped", || {
         let dropped = manager.stats()[0].dropped;
         async move { (dropped >= 1).then_some(()) }
     })
